@@ -1,0 +1,3 @@
+from qwenhost.cli.main import main
+
+main()

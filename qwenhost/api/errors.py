@@ -1,0 +1,75 @@
+"""OpenAI-shaped error responses, and the handlers that make every bad request a 4xx, never a 500."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from qwenhost.router.local import RequestError
+
+log = logging.getLogger(__name__)
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          413: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable"}
+
+
+def error_body(message: str, err_type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
+                   err_type: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    t = err_type or _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return JSONResponse(error_body(message, t, param, code), status_code=status, headers=headers)
+
+
+def _loc(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errs = exc.errors()
+    if not errs:
+        return "invalid request body", None
+    e = errs[0]
+    if e.get("type") == "json_invalid":
+        return "the request body is not valid JSON (or not UTF-8): " + str(e.get("ctx", {}).get("error", "")), None
+    if e.get("type") == "model_attributes_type" and not _loc(tuple(e.get("loc", ()))):
+        return "the request body must be a JSON object", None
+    # pydantic reports a union failure once per member; the first member's message is the clearest.
+    where = _loc(tuple(e.get("loc", ())))
+    msg = e.get("msg", "invalid value")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    more = f" (and {len(errs) - 1} more problems)" if len(errs) > 1 else ""
+    return (f"{where}: {msg}" if where else msg) + more, where or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        msg, param = _validation_message(exc)
+        return error_response(400, msg, param=param)
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return error_response(exc.status, exc.message, param=exc.param, code=exc.code,
+                              err_type=exc.err_type, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, f"internal error: {type(exc).__name__}", err_type="server_error")

@@ -1,0 +1,85 @@
+"""The `qwenhost` command: serve, chat, models."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import typer
+from rich.console import Console
+
+from qwenhost.engine.catalog import DEFAULT_MODEL, find_entry
+
+app = typer.Typer(help="qwenhost: the Qwen platform you run yourself.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+err = Console(stderr=True)
+
+
+def _register_subcommands() -> None:
+    from qwenhost.cli.chat import chat
+    from qwenhost.cli.models import models_app
+
+    app.add_typer(models_app, name="models", help="List and download models.")
+    app.command(help="Chat with a model in the terminal (streams; Ctrl-C stops the answer).")(chat)
+
+
+def model_aliases(ref: str, path_stem: str) -> list[str]:
+    """Names a served model answers to: what the user typed, the catalog names, the file's stem."""
+    names = {ref, path_stem}
+    entry = find_entry(ref)
+    if entry is not None:
+        names |= {entry.name, *entry.aliases}
+    return sorted(n for n in names if n)
+
+
+@app.command()
+def serve(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Catalog alias, GGUF path or hf:ORG/REPO/FILE.gguf"),
+    host: str = typer.Option("127.0.0.1", help="Address to bind"),
+    port: int = typer.Option(8642, help="Port to listen on"),
+    parallel: int = typer.Option(8, min=1, max=128, help="Most sequences decoded together"),
+    ctx_size: int = typer.Option(32768, min=256, help="KV cache tokens shared by all sequences"),
+    threads: int = typer.Option(0, min=0, help="Compute threads (0 = physical cores)"),
+    prefill_chunk: int = typer.Option(256, min=16, help="Most prompt tokens computed per step"),
+    max_queue: int = typer.Option(64, min=1, help="Waiting requests before answering 429"),
+    log_level: str = typer.Option("info", help="uvicorn log level"),
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API."""
+    import uvicorn
+
+    from qwenhost.api.app import create_app
+    from qwenhost.api.state import ServerState
+    from qwenhost.engine.engine import Engine, EngineConfig
+    from qwenhost.engine.sources import ModelSourceError, resolve_model
+    from qwenhost.router.local import LocalBackend
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        path = resolve_model(model)
+    except ModelSourceError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    state = ServerState(model_id=model)
+
+    def load() -> None:
+        try:
+            engine = Engine(EngineConfig(model_path=path, ctx_size=ctx_size, parallel=parallel, threads=threads,
+                                         prefill_chunk=prefill_chunk, max_queue=max_queue),
+                            registry=state.registry)
+            backend = LocalBackend(engine, model_id=model, aliases=model_aliases(model, path.stem))
+            state.set_backend(backend)
+            err.print(f"[green]ready:[/green] {engine.model_name} from {path}\n  memory: {engine.memory_summary()}")
+        except Exception as exc:  # the server keeps answering 503 with the reason
+            state.load_error = str(exc)
+            err.print(f"[red]error:[/red] could not load {path}: {exc}")
+
+    threading.Thread(target=load, name="qwenhost-load", daemon=True).start()
+    err.print(f"qwenhost serving {model} on http://{host}:{port}/v1 (OpenAI-compatible; docs at /docs)")
+    uvicorn.run(create_app(state), host=host, port=port, log_level=log_level)
+
+
+_register_subcommands()
+
+
+def main() -> None:
+    app()

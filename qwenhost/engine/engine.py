@@ -1,0 +1,143 @@
+"""Engine: the facade the rest of qwenhost uses — load a GGUF, run the scheduler thread, stream tokens.
+
+Async callers get an async iterator of StepOutput per request; the scheduler thread hands outputs to
+the caller's event loop with call_soon_threadsafe, so HTTP work never runs on the compute thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from qwenhost.engine.metrics import EngineMetrics
+from qwenhost.engine.runner import ModelRunner, RunnerConfig
+from qwenhost.engine.sampling import SamplingParams
+from qwenhost.engine.scheduler import Scheduler, SchedulerConfig
+from qwenhost.engine.sequence import GenerationRequest, SeqState, Sequence, StepOutput
+
+log = logging.getLogger(__name__)
+
+# Qwen's recommended sampling when the GGUF carries no generation config (Qwen2.5 / Qwen3 non-thinking
+# generation_config.json); thinking mode uses Qwen3's documented thinking values.
+QWEN_DEFAULTS = SamplingParams(temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
+QWEN_THINKING_DEFAULTS = SamplingParams(temperature=0.6, top_p=0.95, top_k=20)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_path: Path
+    ctx_size: int = 32768
+    parallel: int = 8
+    threads: int = 0
+    prefill_chunk: int = 256
+    max_queue: int = 64
+    n_batch: int = 2048
+    n_ubatch: int = 512
+
+
+class Engine:
+    def __init__(self, cfg: EngineConfig, registry: CollectorRegistry | None = None) -> None:
+        self.cfg = cfg
+        self.registry = registry or CollectorRegistry()
+        self.metrics = EngineMetrics(self.registry)
+        idle = max(cfg.parallel, 4)
+        self.runner = ModelRunner(
+            RunnerConfig(
+                model_path=cfg.model_path,
+                n_ctx=cfg.ctx_size,
+                n_seq_max=min(cfg.parallel + idle, 256),
+                n_batch=max(cfg.n_batch, cfg.prefill_chunk + cfg.parallel),
+                n_ubatch=cfg.n_ubatch,
+                n_threads=cfg.threads,
+            )
+        )
+        self.chat_template = self.runner.meta("tokenizer.chat_template")
+        self.model_name = self.runner.meta("general.name") or cfg.model_path.stem
+        self.bos_text = self._token_text("tokenizer.ggml.bos_token_id")
+        self.eos_text = self._token_text("tokenizer.ggml.eos_token_id")
+        self.scheduler = Scheduler(
+            self.runner,
+            SchedulerConfig(parallel=cfg.parallel, prefill_chunk=cfg.prefill_chunk, max_queue=cfg.max_queue),
+            self.metrics,
+        )
+        self.scheduler.start()
+
+    def _token_text(self, key: str) -> str:
+        v = self.runner.meta(key)
+        if v is None:
+            return ""
+        try:
+            return self.runner.piece(int(v)).decode("utf-8", "replace")
+        except ValueError:
+            return ""
+
+    @property
+    def context_limit(self) -> int:
+        """Most tokens (prompt + completion) one request may use."""
+        limit = self.runner.n_ctx
+        if self.runner.n_ctx_train > 0:
+            limit = min(limit, self.runner.n_ctx_train)
+        return limit
+
+    def memory_summary(self) -> str:
+        kv = self.runner.kv_bytes_per_token() * self.runner.n_ctx
+        return (
+            f"weights {self.runner.model_size_bytes / 2**20:.0f} MiB + KV cache {kv / 2**20:.0f} MiB "
+            f"({self.runner.n_ctx} tokens shared by up to {self.cfg.parallel} sequences), "
+            f"{self.runner.n_threads} threads"
+        )
+
+    def sampling_defaults(self, thinking: bool) -> SamplingParams:
+        base = QWEN_THINKING_DEFAULTS if thinking else QWEN_DEFAULTS
+        p = SamplingParams(**{k: getattr(base, k) for k in base.__dataclass_fields__})
+        for key, attr, cast in (
+            ("general.sampling.temp", "temperature", float),
+            ("general.sampling.top_p", "top_p", float),
+            ("general.sampling.top_k", "top_k", int),
+            ("general.sampling.min_p", "min_p", float),
+        ):
+            v = self.runner.meta(key)
+            if v is not None:
+                try:
+                    setattr(p, attr, cast(v))
+                except ValueError:
+                    pass
+        return p
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.runner.tokenize(text, add_special=False, parse_special=True)
+
+    def token_id(self, text: str) -> int | None:
+        return self.runner.single_token(text)
+
+    async def generate(self, req: GenerationRequest) -> AsyncIterator[StepOutput]:
+        """Stream a request's outputs; leaving the iterator early cancels the sequence at once."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[StepOutput] = asyncio.Queue()
+
+        def emit(out: StepOutput) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, out)
+            except RuntimeError:  # the caller's loop is gone; the sequence is cancelled below
+                seq.cancelled = True
+
+        seq = Sequence(req, emit)
+        self.scheduler.submit(seq)
+        try:
+            while True:
+                out = await queue.get()
+                yield out
+                if out.finish_reason is not None:
+                    return
+        finally:
+            if seq.state != SeqState.FINISHED:
+                self.scheduler.cancel(seq)
+
+    def close(self) -> None:
+        self.scheduler.stop()
+        self.runner.close()

@@ -1,0 +1,133 @@
+"""Slots of the unified KV pool and prefix reuse between them.
+
+Each llama.cpp sequence id is a slot. A finished sequence leaves its tokens resident (an idle slot) so
+the next turn of the same chat, or any request sharing its prefix, reuses them. A new request takes the
+longest common token prefix found in any slot: in place when that slot is idle, otherwise by seq_cp into
+a free slot — in a unified pool that shares the cells, so a system prompt is computed once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from qwenhost.engine.runner import ModelRunner
+from qwenhost.engine.sequence import Sequence
+
+# Copying a prefix from another slot costs a little bookkeeping; below this it is not worth it.
+MIN_SHARED_PREFIX = 8
+
+
+@dataclass
+class Slot:
+    index: int
+    owner: Sequence | None = None
+    tokens: list[int] = field(default_factory=list)  # resident tokens while idle
+    last_used: float = 0.0
+
+    def resident(self) -> list[int]:
+        if self.owner is not None:
+            return self.owner.tokens[: self.owner.n_past]
+        return self.tokens
+
+
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    return len(os.path.commonprefix([a, b]))
+
+
+class SlotTable:
+    def __init__(self, runner: ModelRunner, n_slots: int, share_prefixes: bool = True) -> None:
+        self.runner = runner
+        self.slots = [Slot(i) for i in range(n_slots)]
+        self.pool_tokens = runner.n_ctx
+        self.share_prefixes = share_prefixes
+
+    def used_tokens(self) -> int:
+        # Counts shared cells once per slot: an upper bound, which keeps admission safe.
+        return sum(len(s.resident()) for s in self.slots)
+
+    def active(self) -> int:
+        return sum(1 for s in self.slots if s.owner is not None)
+
+    def _free(self) -> list[Slot]:
+        return [s for s in self.slots if s.owner is None]
+
+    def evict_idle(self, need: int, keep: Slot | None = None) -> None:
+        """Drop idle slots' tokens, least recently used first, until `need` more tokens fit."""
+        idle = sorted((s for s in self._free() if s.tokens and s is not keep), key=lambda s: s.last_used)
+        for s in idle:
+            if self.used_tokens() + need <= self.pool_tokens:
+                return
+            self.runner.seq_rm(s.index)
+            s.tokens = []
+
+    def fits(self, need: int) -> bool:
+        return self.used_tokens() + need <= self.pool_tokens
+
+    def assign(self, seq: Sequence) -> bool:
+        """Give `seq` a slot with the longest reusable prefix; False when no slot or memory is free."""
+        free = self._free()
+        if not free:
+            return False
+        prompt = seq.tokens
+        cap = len(prompt) - 1  # at least one token must be computed to get logits
+        best_idle, best_idle_len = None, -1
+        best_any, best_any_len = None, -1
+        for s in self.slots:
+            n = min(common_prefix_len(s.resident(), prompt), cap)
+            if s.owner is None and n > best_idle_len:
+                best_idle, best_idle_len = s, n
+            if n > best_any_len:
+                best_any, best_any_len = s, n
+        use_copy = (
+            self.share_prefixes
+            and best_any is not None
+            and best_any.owner is not None
+            and best_any_len >= MIN_SHARED_PREFIX
+            and best_any_len > best_idle_len
+        )
+        if use_copy:
+            dst = min((s for s in free if not s.tokens), default=None, key=lambda s: s.index)
+            if dst is None:
+                dst = min(free, key=lambda s: (common_prefix_len(s.tokens, prompt), s.last_used))
+            reuse = 0
+        else:
+            dst = best_idle if best_idle is not None and best_idle_len > 0 else None
+            if dst is None:
+                dst = min((s for s in free if not s.tokens), default=None, key=lambda s: s.index)
+            if dst is None:
+                dst = min(free, key=lambda s: s.last_used)
+            reuse = max(best_idle_len, 0) if dst is best_idle else 0
+        need = len(prompt) - (best_any_len if use_copy else reuse) + 1
+        if not self.fits(need):
+            self.evict_idle(need, keep=dst if reuse else None)
+            if not self.fits(need) and self.active() > 0:
+                return False
+        if use_copy:
+            self.runner.seq_rm(dst.index)
+            self.runner.seq_cp(best_any.index, dst.index, 0, best_any_len)
+            reuse = best_any_len
+        elif not self.runner.seq_rm(dst.index, reuse, -1):
+            # Recurrent/hybrid memory cannot drop a tail: start this slot from scratch.
+            self.runner.seq_rm(dst.index)
+            reuse = 0
+        dst.tokens = []
+        dst.owner = seq
+        seq.slot = dst.index
+        seq.n_past = reuse
+        seq.n_cached = reuse
+        return True
+
+    def release(self, seq: Sequence, keep: bool = True) -> None:
+        if seq.slot < 0:
+            return
+        s = self.slots[seq.slot]
+        s.owner = None
+        s.last_used = time.monotonic()
+        if keep:
+            s.tokens = seq.tokens[: seq.n_past]
+        else:
+            self.runner.seq_rm(s.index)
+            s.tokens = []
+        seq.slot = -1

@@ -1,0 +1,259 @@
+"""ModelRunner: the single owner of llama.cpp's model, context, KV memory and batch buffer.
+
+Everything here is a thin, typed wrapper over llama-cpp-python's low-level ctypes API. Only the scheduler
+thread calls into a runner after loading, so no locking is needed here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp as L
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# ggml log levels: 2 = warn, 3 = error. llama.cpp prints model loading chatter at info level; we keep
+# warnings and errors so a user sees real problems, and drop the rest unless QWENHOST_LLAMA_LOG=1.
+_LOG_KEEP_LEVELS = {2, 3}
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+def _llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    if level in _LOG_KEEP_LEVELS or os.environ.get("QWENHOST_LLAMA_LOG") == "1":
+        log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+_backend_ready = False
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        L.llama_log_set(_llama_log, ctypes.c_void_p())
+        L.llama_backend_init()
+        _backend_ready = True
+
+
+def physical_cores() -> int:
+    """Physical core count (threads default to it: hyperthreads do not help memory-bound decode)."""
+    try:
+        pairs = set()
+        phys = core = None
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                elif not line.strip() and core is not None:
+                    pairs.add((phys, core))
+                    phys = core = None
+        if pairs:
+            return min(len(pairs), os.cpu_count() or 1)
+    except OSError:
+        pass
+    return os.cpu_count() or 1
+
+
+class BatchBuffer:
+    """A llama_batch backed by numpy arrays, so filling it is vectorised slice writes, not ctypes calls.
+
+    Each token belongs to exactly one sequence; seq_id[i] points into one contiguous int32 array.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.token = np.zeros(capacity, dtype=np.int32)
+        self.pos = np.zeros(capacity, dtype=np.int32)
+        self.n_seq_id = np.ones(capacity, dtype=np.int32)
+        self.seq_id = np.zeros(capacity, dtype=np.int32)
+        self.logits = np.zeros(capacity, dtype=np.int8)
+        i32p = ctypes.POINTER(ctypes.c_int32)
+        base = self.seq_id.ctypes.data
+        self._seq_ptrs = (i32p * (capacity + 1))(*[ctypes.cast(base + 4 * i, i32p) for i in range(capacity)])
+        self.batch = L.llama_batch()
+        self.batch.token = self.token.ctypes.data_as(i32p)
+        self.batch.embd = ctypes.POINTER(ctypes.c_float)()
+        self.batch.pos = self.pos.ctypes.data_as(i32p)
+        self.batch.n_seq_id = self.n_seq_id.ctypes.data_as(i32p)
+        self.batch.seq_id = ctypes.cast(self._seq_ptrs, ctypes.POINTER(i32p))
+        self.batch.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add(self, tokens: list[int], start_pos: int, seq: int, want_last_logits: bool) -> int:
+        """Append a run of tokens for one sequence; returns the batch index of the last token."""
+        k = len(tokens)
+        a, b = self.n, self.n + k
+        if b > self.capacity:
+            raise ValueError(f"batch overflow: {b} > {self.capacity}")
+        self.token[a:b] = tokens
+        self.pos[a:b] = np.arange(start_pos, start_pos + k, dtype=np.int32)
+        self.seq_id[a:b] = seq
+        self.logits[a:b] = 0
+        if want_last_logits:
+            self.logits[b - 1] = 1
+        self.n = b
+        return b - 1
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    model_path: Path
+    n_ctx: int = 32768
+    n_seq_max: int = 16
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    n_threads: int = 0  # 0 = physical cores
+    flash_attn: bool = True
+
+
+class ModelRunner:
+    """Loads a GGUF, owns the llama context; decode(), logits and KV operations for the scheduler."""
+
+    def __init__(self, cfg: RunnerConfig) -> None:
+        _init_backend()
+        self.cfg = cfg
+        mparams = L.llama_model_default_params()
+        model = L.llama_model_load_from_file(str(cfg.model_path).encode(), mparams)
+        if not model:
+            raise RuntimeError(f"llama.cpp could not load the model file {cfg.model_path}")
+        self.model = model
+        self.vocab = L.llama_model_get_vocab(model)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = L.llama_model_n_ctx_train(model)
+        threads = cfg.n_threads or physical_cores()
+        cp = L.llama_context_default_params()
+        cp.n_ctx = cfg.n_ctx
+        cp.n_batch = cfg.n_batch
+        cp.n_ubatch = cfg.n_ubatch
+        cp.n_seq_max = cfg.n_seq_max
+        cp.n_outputs_max = max(cfg.n_seq_max, 1)
+        cp.n_threads = threads
+        cp.n_threads_batch = threads
+        # A unified KV pool lets sequences share a prefix's cells via seq_cp (a system prompt is
+        # computed once); flash attention skips the fully-masked cross-sequence blocks it implies.
+        cp.kv_unified = True
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_AUTO
+        cp.no_perf = True
+        ctx = L.llama_init_from_model(model, cp)
+        if not ctx:
+            L.llama_model_free(model)
+            raise RuntimeError("llama.cpp could not create a context (try a smaller --ctx-size)")
+        self.ctx = ctx
+        self.n_threads = threads
+        self.n_ctx = L.llama_n_ctx(ctx)
+        self.mem = L.llama_get_memory(ctx)
+        self.batch = BatchBuffer(cfg.n_batch)
+        self.eos = L.llama_vocab_eos(self.vocab)
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.model_size_bytes = L.llama_model_size(model)
+        self.n_params = L.llama_model_n_params(model)
+
+    # -- metadata --------------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        size = 1 << 16
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = L.llama_model_meta_val_str(self.model, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", "replace")
+            size = n + 1
+
+    def kv_bytes_per_token(self) -> int:
+        """K+V bytes per token of context (f16 cache), from the model's shape."""
+        layers = self._arch_int("block_count")
+        heads = self._arch_int("attention.head_count") or 1
+        heads_kv = self._arch_int("attention.head_count_kv") or heads
+        head_dim = self._arch_int("attention.key_length") or self._arch_int("embedding_length") // heads
+        return 2 * layers * heads_kv * head_dim * 2
+
+    def _arch_int(self, suffix: str) -> int:
+        arch = self.meta("general.architecture") or ""
+        v = self.meta(f"{arch}.{suffix}")
+        try:
+            return int(v) if v is not None else 0
+        except ValueError:
+            return 0
+
+    # -- tokens ------------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        while True:
+            arr = (L.llama_token * cap)()
+            n = L.llama_tokenize(self.vocab, data, len(data), arr, cap, add_special, parse_special)
+            if n >= 0:
+                return list(arr[:n])
+            cap = -n
+
+    def piece(self, token: int) -> bytes:
+        """Raw bytes of one token, special tokens rendered (a BPE piece may split a UTF-8 char)."""
+        p = self._pieces.get(token)
+        if p is None:
+            buf = self._piece_buf
+            n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+            p = buf.raw[:n]
+            self._pieces[token] = p
+        return p
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        v = self._eog.get(token)
+        if v is None:
+            v = bool(L.llama_vocab_is_eog(self.vocab, token))
+            self._eog[token] = v
+        return v
+
+    def single_token(self, text: str) -> int | None:
+        toks = self.tokenize(text, parse_special=True)
+        return toks[0] if len(toks) == 1 else None
+
+    # -- decode and logits ---------------------------------------------------------------------------
+    def decode(self) -> int:
+        self.batch.batch.n_tokens = self.batch.n
+        return int(L.llama_decode(self.ctx, self.batch.batch))
+
+    def logits_ptr(self, batch_index: int) -> ctypes.POINTER(ctypes.c_float):
+        return L.llama_get_logits_ith(self.ctx, batch_index)
+
+    def logits(self, batch_index: int) -> np.ndarray:
+        ptr = L.llama_get_logits_ith(self.ctx, batch_index)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    # -- KV memory -------------------------------------------------------------------------------------
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        return bool(L.llama_memory_seq_rm(self.mem, seq, p0, p1))
+
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        L.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
+
+    def seq_pos_max(self, seq: int) -> int:
+        return int(L.llama_memory_seq_pos_max(self.mem, seq))
+
+    def clear(self) -> None:
+        L.llama_memory_clear(self.mem, True)
+
+    def close(self) -> None:
+        if getattr(self, "ctx", None):
+            L.llama_free(self.ctx)
+            self.ctx = None
+        if getattr(self, "model", None):
+            L.llama_model_free(self.model)
+            self.model = None

@@ -1,0 +1,238 @@
+"""Continuous batching: one llama_decode per step over every running sequence.
+
+Each step puts one decode token per generating sequence first, then prompt tokens of prefilling
+sequences up to a per-step budget, so a long prompt is chunked across steps and never stalls the
+running streams for long. Requests join and leave between steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from qwenhost.engine.kv_cache import SlotTable
+from qwenhost.engine.metrics import EngineMetrics
+from qwenhost.engine.runner import ModelRunner
+from qwenhost.engine.sampling import GrammarError, TokenSampler
+from qwenhost.engine.sequence import BUDGET_CLOSE_TEXT, SeqState, Sequence, StepOutput
+
+log = logging.getLogger(__name__)
+
+
+class QueueFullError(RuntimeError):
+    """More requests are waiting than the queue holds; the API answers 429."""
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    parallel: int = 8
+    idle_slots: int = 8  # extra sequence ids that keep finished chats' KV for reuse
+    prefill_chunk: int = 256
+    max_queue: int = 64
+
+
+class Scheduler:
+    def __init__(self, runner: ModelRunner, cfg: SchedulerConfig, metrics: EngineMetrics) -> None:
+        self.runner = runner
+        self.cfg = cfg
+        self.metrics = metrics
+        self.slots = SlotTable(runner, runner.cfg.n_seq_max)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._budget_close = runner.tokenize(BUDGET_CLOSE_TEXT, parse_special=True)
+
+    # -- called from other threads ------------------------------------------------------------
+    def submit(self, seq: Sequence) -> None:
+        with self._cv:
+            if len(self.waiting) >= self.cfg.max_queue:
+                raise QueueFullError(f"{len(self.waiting)} requests are already waiting")
+            self.waiting.append(seq)
+            self.metrics.queue_depth.set(len(self.waiting))
+            self._cv.notify()
+
+    def cancel(self, seq: Sequence) -> None:
+        with self._cv:
+            seq.cancelled = True
+            self._cv.notify()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="qwenhost-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        if self._thread:
+            self._thread.join(timeout=30)
+
+    # -- the loop (scheduler thread only) --------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not self.waiting and not self.running:
+                    self._cv.wait()
+                if self._stop:
+                    break
+            try:
+                self.step()
+            except Exception as exc:  # keep serving: fail the sequences of this step, not the process
+                log.exception("engine step failed")
+                for seq in list(self.running):
+                    self._finish(seq, "error", error=f"engine error: {exc}", keep=False)
+        for seq in list(self.running) + list(self.waiting):
+            self._finish(seq, "cancelled", keep=False)
+
+    def _drop_cancelled(self) -> None:
+        with self._cv:
+            gone = [s for s in self.waiting if s.cancelled]
+            for s in gone:
+                self.waiting.remove(s)
+        for s in gone:
+            self._finish(s, "cancelled", keep=False)
+        for s in [s for s in self.running if s.cancelled]:
+            self._finish(s, "cancelled", keep=False)
+
+    def _admit(self) -> None:
+        while len(self.running) < self.cfg.parallel:
+            with self._cv:
+                if not self.waiting:
+                    break
+                seq = self.waiting[0]
+            if seq.sampler is None:
+                try:
+                    seq.sampler = TokenSampler(self.runner, seq.req.sampling, seq.req.grammar)
+                    seq.sampler.grammar_enabled = not seq.in_think
+                except GrammarError as exc:
+                    with self._cv:
+                        self.waiting.popleft()
+                    self._finish(seq, "error", error=str(exc), keep=False)
+                    continue
+            if not self.slots.assign(seq):
+                break
+            with self._cv:
+                self.waiting.popleft()
+                self.metrics.queue_depth.set(len(self.waiting))
+            if seq.state == SeqState.WAITING and not seq.generated:
+                self.metrics.cached_tokens.inc(seq.n_cached)
+            seq.state = SeqState.PREFILLING
+            self.running.append(seq)
+        self.metrics.running.set(len(self.running))
+
+    def step(self) -> None:
+        self._drop_cancelled()
+        self._admit()
+        if not self.running:
+            return
+        batch = self.runner.batch
+        batch.clear()
+        entries: list[tuple[Sequence, int, int]] = []
+        for seq in self.running:
+            if seq.state == SeqState.DECODING:
+                idx = batch.add([seq.tokens[seq.n_past]], seq.n_past, seq.slot, True)
+                entries.append((seq, idx, 1))
+        budget = min(self.cfg.prefill_chunk, batch.capacity - batch.n)
+        n_prompt = 0
+        for seq in self.running:
+            if seq.state != SeqState.PREFILLING or budget <= 0:
+                continue
+            k = min(seq.remaining_prefill, budget)
+            done = k == seq.remaining_prefill
+            chunk = seq.tokens[seq.n_past: seq.n_past + k]
+            idx = batch.add(chunk, seq.n_past, seq.slot, done)
+            entries.append((seq, idx if done else -1, k))
+            budget -= k
+            n_prompt += k
+        if not entries:
+            return
+        rc = self.runner.decode()
+        if rc == 1:
+            self._relieve_memory()
+            return
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+        self.metrics.prompt_tokens.inc(n_prompt)
+        now = time.monotonic()
+        for seq, idx, k in entries:
+            seq.n_past += k
+            if idx >= 0 and seq.state != SeqState.FINISHED:
+                self._next_token(seq, idx, now)
+
+    def _relieve_memory(self) -> None:
+        """No KV cells left for this batch: drop idle caches, else preempt the newest sequence."""
+        before = self.slots.used_tokens()
+        self.slots.evict_idle(self.slots.pool_tokens)
+        if self.slots.used_tokens() < before:
+            return
+        if len(self.running) <= 1:
+            for seq in list(self.running):
+                self._finish(seq, "error", error="the KV cache is full; lower max_tokens", keep=False)
+            return
+        victim = self.running.pop()
+        self.slots.release(victim, keep=False)
+        victim.n_past = 0
+        victim.state = SeqState.WAITING
+        with self._cv:
+            self.waiting.appendleft(victim)
+        log.info("KV pool full: preempted sequence %s (it will recompute)", victim.id)
+
+    def _next_token(self, seq: Sequence, idx: int, now: float) -> None:
+        if seq.state == SeqState.PREFILLING:
+            seq.state = SeqState.DECODING
+        if seq.forced:
+            tok = seq.forced.pop(0)
+            seq.sampler.accept_forced(tok)
+        else:
+            try:
+                tok = seq.sampler.sample(idx)
+            except GrammarError as exc:
+                self._finish(seq, "error", error=str(exc), keep=False)
+                return
+        if seq.first_token_at is None:
+            seq.first_token_at = now
+            self.metrics.ttft.observe(now - seq.created)
+        elif seq.last_token_at is not None:
+            self.metrics.itl.observe(now - seq.last_token_at)
+        seq.last_token_at = now
+        if self.runner.is_eog(tok) and not seq.req.ignore_eos:
+            self._finish(seq, "stop")
+            return
+        seq.tokens.append(tok)
+        seq.generated.append(tok)
+        self.metrics.completion_tokens.inc()
+        text = seq.text_for(self.runner.piece(tok))
+        seq.track_thinking(text)
+        budget = seq.req.thinking_budget
+        if seq.in_think and budget is not None and seq.think_tokens >= budget and not seq.think_closed_by_budget:
+            seq.think_closed_by_budget = True
+            seq.forced = list(self._budget_close)
+        seq.sampler.grammar_enabled = not seq.in_think
+        out, hit = seq.stop.push(text)
+        if hit:
+            seq.emit(StepOutput(out, 1))
+            self._finish(seq, "stop")
+        elif len(seq.generated) >= seq.req.max_tokens:
+            seq.emit(StepOutput(out, 1))
+            self._finish(seq, "length")
+        else:
+            seq.emit(StepOutput(out, 1))
+
+    def _finish(self, seq: Sequence, reason: str, *, error: str | None = None, keep: bool = True) -> None:
+        if seq.state == SeqState.FINISHED:
+            return
+        if seq in self.running:
+            self.running.remove(seq)
+        self.slots.release(seq, keep=keep)
+        seq.state = SeqState.FINISHED
+        seq.finish_reason = reason
+        if seq.sampler is not None:
+            seq.sampler.close()
+        tail = seq.finish_text() if reason in ("stop", "length") else ""
+        self.metrics.running.set(len(self.running))
+        seq.emit(StepOutput(tail, 0, reason, error, seq.prompt_len, seq.n_cached))

@@ -1,0 +1,76 @@
+"""Bad input always gets a 4xx that says what to fix, and the server keeps serving."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+MODEL = "qwen2.5-coder:0.5b"
+USER = [{"role": "user", "content": "hi"}]
+
+
+def post(server, body=None, *, content=None, headers=None, path="/v1/chat/completions"):
+    return httpx.post(server.base + path, json=body, content=content, headers=headers, timeout=60)
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    ({"model": MODEL, "messages": []}, 400, "messages"),
+    ({"model": MODEL}, 400, "messages"),
+    ({"messages": USER}, 400, "model"),
+    ({"model": MODEL, "messages": "hello"}, 400, "messages"),
+    ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400, "role"),
+    ({"model": MODEL, "messages": [{"role": "user"}]}, 400, "content"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": 42}]}, 400, "content"),
+    ({"model": MODEL, "messages": USER, "temperature": "hot"}, 400, "temperature"),
+    ({"model": MODEL, "messages": USER, "temperature": 7}, 400, "temperature"),
+    ({"model": MODEL, "messages": USER, "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": MODEL, "messages": USER, "n": 3}, 400, "n"),
+    ({"model": MODEL, "messages": USER, "logit_bias": {"abc": 1}}, 400, "logit_bias"),
+    ({"model": MODEL, "messages": USER, "logit_bias": {"99999999": 1}}, 400, "vocabulary"),
+    ({"model": MODEL, "messages": USER, "tool_choice": "required"}, 400, "tools"),
+    ({"model": MODEL, "messages": USER, "tools": [{"type": "function", "function": {"name": "bad name!"}}]},
+     400, "tools"),
+    ({"model": MODEL, "messages": USER, "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "string"}}}]}, 400, "parameters"),
+    ({"model": MODEL, "messages": USER, "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "nonsense"}}}}}]}, 400, "tools"),
+    ({"model": MODEL, "messages": USER, "response_format": {"type": "json_schema"}}, 400, "schema"),
+    ({"model": MODEL, "messages": USER, "enable_thinking": "yes"}, 400, "enable_thinking"),
+    ({"model": MODEL, "messages": USER, "chat_template_kwargs": {"enable_thinking": "false"}}, 400, "boolean"),
+    ({"model": "no-such-model", "messages": USER}, 404, "no-such-model"),
+    ({"model": MODEL, "messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]}, 400, "JSON"),
+])
+def test_bad_request_is_4xx_with_reason(server, body, status, fragment):
+    r = post(server, body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert fragment.lower() in err["message"].lower(), err
+    assert err["type"]
+
+
+def test_invalid_json_and_utf8(server):
+    r = post(server, content=b'{"model": "x", "messages": [', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    r = post(server, content=b'{"model": "\xff\xfe", "messages": []}', headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    r = post(server, content=b"[1, 2]", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+
+
+def test_body_over_limit_is_413(server):
+    big = "x" * (9 * 2**20)
+    r = post(server, {"model": MODEL, "messages": [{"role": "user", "content": big}]})
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
+
+
+def test_completions_bad_input(server):
+    r = post(server, {"model": MODEL, "prompt": ["a", "b"]}, path="/v1/completions")
+    assert r.status_code == 400 and "prompt" in r.json()["error"]["message"]
+    r = post(server, {"model": MODEL, "prompt": ""}, path="/v1/completions")
+    assert r.status_code == 400
+
+
+def test_server_still_serves_after_bad_input(server):
+    r = post(server, {"model": MODEL, "messages": USER, "max_tokens": 4})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None

@@ -1,0 +1,124 @@
+"""The engine in-process on the real 0.5B model: batching, prefix reuse, budget, stops, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from qwenhost.engine.engine import Engine, EngineConfig
+from qwenhost.engine.kv_cache import common_prefix_len
+from qwenhost.engine.sampling import GrammarSpec, SamplingParams
+from qwenhost.engine.sequence import GenerationRequest, StopMatcher
+
+GREEDY = SamplingParams(temperature=0)
+
+
+@pytest.fixture(scope="module")
+def engine(small_model_path):
+    eng = Engine(EngineConfig(model_path=small_model_path, ctx_size=4096, parallel=4, prefill_chunk=64))
+    yield eng
+    eng.close()
+
+
+def chat_prompt(engine: Engine, user: str, system: str = "You are helpful.") -> list[int]:
+    return engine.tokenize(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+                           "<|im_start|>assistant\n")
+
+
+async def run(engine: Engine, req: GenerationRequest) -> tuple[str, str, int, int]:
+    text, n = [], 0
+    async for out in engine.generate(req):
+        text.append(out.text)
+        n += out.n_tokens
+        if out.finish_reason:
+            return "".join(text), out.finish_reason, n, out.cached_tokens
+    raise AssertionError("no finish")
+
+
+def test_stop_matcher_holds_back_partial_stops():
+    m = StopMatcher(["END", "##"])
+    assert m.push("abc E") == ("abc ", False)
+    assert m.push("N") == ("", False)
+    assert m.push("x #") == ("ENx ", False)
+    assert m.push("# tail") == ("", True)
+    assert StopMatcher([]).push("free") == ("free", False)
+
+
+def test_common_prefix_len():
+    assert common_prefix_len([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix_len([], [1]) == 0
+
+
+def test_batched_results_equal_solo_results(engine):
+    """Greedy outputs must not depend on what else is in the batch (continuous batching is exact)."""
+    users = ["Name a color.", "Name a fruit.", "Name an animal.", "Name a country.", "Name a planet."]
+
+    def req(u: str) -> GenerationRequest:
+        return GenerationRequest(chat_prompt(engine, u, "Be brief."), 12, GREEDY)
+
+    async def together():
+        return await asyncio.gather(*[run(engine, req(u)) for u in users])
+
+    solo = [asyncio.run(run(engine, req(u)))[0] for u in users]
+    both = [r[0] for r in asyncio.run(together())]
+    assert all(solo) and both == solo
+
+
+def test_prefix_is_reused_across_sequences(engine):
+    system = "You answer questions about the solar system in one short sentence. " * 8
+    first = asyncio.run(run(engine, GenerationRequest(chat_prompt(engine, "Biggest planet?", system), 8, GREEDY)))
+    second = asyncio.run(run(engine, GenerationRequest(chat_prompt(engine, "Smallest planet?", system), 8, GREEDY)))
+    n_system = len(engine.tokenize(f"<|im_start|>system\n{system}<|im_end|>\n"))
+    assert first[3] < n_system <= second[3]
+
+
+def test_max_tokens_and_ignore_eos(engine):
+    text, reason, n, _ = asyncio.run(run(engine, GenerationRequest(
+        chat_prompt(engine, "Say hi."), 40, GREEDY, ignore_eos=True)))
+    assert reason == "length" and n == 40
+
+
+def test_thinking_budget_closes_reasoning(engine):
+    prompt = engine.tokenize("<|im_start|>user\nWhy is the sky blue?<|im_end|>\n<|im_start|>assistant\n<think>\n")
+    req = GenerationRequest(prompt, 120, GREEDY, thinking_open=True, thinking_budget=10)
+    text, reason, n, _ = asyncio.run(run(engine, req))
+    assert "</think>" in text
+    head = text.split("</think>")[0]
+    # 10 sampled reasoning tokens, then the forced early-stop sentence
+    assert "Considering the limited time" in head
+    assert len(engine.tokenize(head.split("Considering")[0])) <= 12
+
+
+def test_grammar_constrains_output(engine):
+    gbnf = 'root ::= "yes" | "no"'
+    req = GenerationRequest(chat_prompt(engine, "Is water wet? Answer freely."), 10, GREEDY,
+                            grammar=GrammarSpec(gbnf))
+    text, reason, _, _ = asyncio.run(run(engine, req))
+    assert text in ("yes", "no") and reason == "stop"
+
+
+def test_bad_grammar_fails_the_request_not_the_engine(engine):
+    req = GenerationRequest(chat_prompt(engine, "hi"), 5, GREEDY, grammar=GrammarSpec("root ::= ("))
+    text, reason, _, _ = asyncio.run(run(engine, req))
+    assert reason == "error"
+    ok = asyncio.run(run(engine, GenerationRequest(chat_prompt(engine, "hi"), 5, GREEDY)))
+    assert ok[1] in ("stop", "length")
+
+
+def test_cancel_frees_the_slot(engine):
+    async def cancel_midway():
+        agen = engine.generate(GenerationRequest(chat_prompt(engine, "Tell a long story."), 500, GREEDY,
+                                                 ignore_eos=True))
+        async for out in agen:
+            if out.n_tokens:
+                break
+        await agen.aclose()
+        for _ in range(100):
+            if not engine.scheduler.running:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    assert asyncio.run(cancel_midway())
+    assert engine.scheduler.slots.active() == 0
