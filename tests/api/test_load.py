@@ -59,12 +59,12 @@ def test_disconnect_frees_the_slot(server, client):
 def test_full_queue_answers_429(small_model_path):
     srv = ServerProcess(["--parallel", "1", "--max-queue", "1", "--ctx-size", "4096"], small_model_path)
     try:
-        client = openai.OpenAI(base_url=srv.base + "/v1", api_key="x", max_retries=0, timeout=120)
+        client = openai.OpenAI(base_url=srv.base + "/v1", api_key="x", max_retries=0, timeout=600)
 
         def long_request(_: int) -> int:
             try:
                 client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Go on."}],
-                                               max_tokens=64, extra_body={"ignore_eos": True})
+                                               max_tokens=32, extra_body={"ignore_eos": True})
                 return 200
             except openai.RateLimitError as exc:
                 assert exc.response.headers.get("retry-after")

@@ -2,7 +2,8 @@
 
 The pure checks use tests/qwen/qwen_gbnf.py (a Python GBNF parser/matcher). The native check parses
 and runs every grammar in llama.cpp itself; it needs a GGUF for the vocabulary (any Qwen GGUF, a
-vocab-only one is enough, e.g. llama.cpp's models/ggml-vocab-qwen2.gguf) named by QWENHOST_TEST_GGUF.
+vocab-only one is enough, e.g. llama.cpp's models/ggml-vocab-qwen2.gguf) named by QWENHOST_TEST_GGUF,
+else the small test model.
 """
 
 from __future__ import annotations
@@ -184,8 +185,8 @@ def test_tool_schema_errors(schema: dict, errors: int) -> None:
 GGUF = os.environ.get("QWENHOST_TEST_GGUF", "")
 
 
-@pytest.mark.skipif(not Path(GGUF).is_file(), reason="set QWENHOST_TEST_GGUF to a Qwen GGUF (vocab-only is enough)")
-def test_native_llama_cpp() -> None:
+def test_native_llama_cpp(small_model_path: Path) -> None:
+    gguf = GGUF if Path(GGUF).is_file() else str(small_model_path)
     cases, expect = [], []
     for fmt, ok, bad in (("hermes", HERMES_OK, HERMES_BAD), ("xml", XML_OK, XML_BAD)):
         for mode in ("auto", "required"):
@@ -222,7 +223,7 @@ def test_native_llama_cpp() -> None:
         expect.append({"parsed": True})
     cases.append({"gbnf": 'root ::= "a" undefined-rule', "text": None})
     expect.append({"parsed": False})
-    proc = subprocess.run([sys.executable, str(HERE / "qwen_native_grammar.py"), GGUF], input=json.dumps(cases),
+    proc = subprocess.run([sys.executable, str(HERE / "qwen_native_grammar.py"), gguf], input=json.dumps(cases),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = [json.loads(line) for line in proc.stdout.splitlines()]

@@ -1,0 +1,56 @@
+"""`qwenhost chat` against a real server: answers, keeps history, Ctrl-C stops only the answer."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+MODEL = "qwen2.5-coder:0.5b"
+
+
+def chat_proc(url: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "TERM": "dumb"}
+    return subprocess.Popen([sys.executable, "-m", "qwenhost", "chat", "--model", MODEL, "--url", url],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            text=True)
+
+
+def test_chat_answers_and_keeps_history(server):
+    p = chat_proc(server.base + "/v1")
+    out, _ = p.communicate("My name is Ada. Reply with just OK.\nWhat is my name? One word.\n", timeout=180)
+    assert p.returncode == 0, out
+    assert "Ada" in out.split("What is my name")[-1] or out.count("Ada") >= 2, out
+
+
+def test_ctrl_c_stops_the_answer_not_the_program(server):
+    p = chat_proc(server.base + "/v1")
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write("Write a very long story about a dragon.\n")
+    p.stdin.flush()
+    fd, seen = p.stdout.fileno(), b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(seen) < 300:
+        if select.select([fd], [], [], 0.2)[0]:
+            seen += os.read(fd, 4096)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    p.stdin.write("Say OK.\n")
+    p.stdin.close()
+    rest = b""
+    while chunk := os.read(fd, 4096):
+        rest += chunk
+    p.wait(timeout=120)
+    out = (seen + rest).decode("utf-8", "replace")
+    assert "(stopped)" in out, out
+    assert p.returncode == 0
+    assert server.metric("qwenhost_running_sequences") == 0
+
+
+def test_chat_without_server_says_how_to_start_one():
+    p = chat_proc("http://127.0.0.1:9/v1")
+    out, _ = p.communicate("", timeout=60)
+    assert p.returncode == 2 and "qwenhost serve" in out
