@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -42,6 +43,8 @@ def serve(
     threads: int = typer.Option(0, min=0, help="Compute threads (0 = physical cores)"),
     prefill_chunk: int = typer.Option(256, min=16, help="Most prompt tokens computed per step"),
     max_queue: int = typer.Option(64, min=1, help="Waiting requests before answering 429"),
+    chat_template: Path | None = typer.Option(None, help="Jinja chat template file to use instead of the GGUF's",
+                                              exists=True, dir_okay=False, readable=True),
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API."""
@@ -59,6 +62,7 @@ def serve(
     except ModelSourceError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+    template_text = chat_template.read_text(encoding="utf-8") if chat_template else None
     state = ServerState(model_id=model)
 
     def load() -> None:
@@ -66,7 +70,8 @@ def serve(
             engine = Engine(EngineConfig(model_path=path, ctx_size=ctx_size, parallel=parallel, threads=threads,
                                          prefill_chunk=prefill_chunk, max_queue=max_queue),
                             registry=state.registry)
-            backend = LocalBackend(engine, model_id=model, aliases=model_aliases(model, path.stem))
+            backend = LocalBackend(engine, model_id=model, aliases=model_aliases(model, path.stem),
+                                   chat_template=template_text)
             state.set_backend(backend)
             err.print(f"[green]ready:[/green] {engine.model_name} from {path}\n  memory: {engine.memory_summary()}")
         except Exception as exc:  # the server keeps answering 503 with the reason

@@ -87,13 +87,15 @@ def _messages_as_dicts(req: ChatCompletionRequest) -> list[dict[str, Any]]:
 
 
 class LocalBackend:
-    def __init__(self, engine: Engine, model_id: str, aliases: list[str] | None = None) -> None:
+    def __init__(self, engine: Engine, model_id: str, aliases: list[str] | None = None,
+                 chat_template: str | None = None) -> None:
         self.engine = engine
         self.model_id = model_id
         self.aliases = set(aliases or []) | {model_id}
-        template = engine.chat_template
+        template = chat_template or engine.chat_template
         if not template:
-            raise ValueError("the model file has no chat template (tokenizer.chat_template)")
+            raise ValueError("the model file has no chat template (tokenizer.chat_template); "
+                             "pass one with --chat-template FILE")
         self.template = template
         self.tool_format = detect_tool_format(template)
 
