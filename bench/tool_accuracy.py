@@ -44,6 +44,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -245,14 +246,16 @@ def run_cases(base_url: str, model: str, cases: list[dict[str, Any]], concurrenc
     """All cases against one server, ``concurrency`` requests in flight; outputs in case order."""
     client = OpenAI(base_url=base_url, api_key="unused", timeout=900, max_retries=0)
     done = 0
+    lock = threading.Lock()
 
     def one(case: dict[str, Any]) -> dict[str, Any]:
         nonlocal done
         out = ask(client, model, case, max_tokens)
         out["correct"] = score(case, out)
-        done += 1
-        mark = "ok " if out["correct"] else "BAD"
-        print(f"  [{label} {done:3d}/{len(cases)}] {mark} {case['id']}", flush=True)
+        with lock:
+            done += 1
+            mark = "ok " if out["correct"] else "BAD"
+            print(f"  [{label} {done:3d}/{len(cases)}] {mark} {case['id']} ({out['seconds']} s)", flush=True)
         return out
 
     with cf.ThreadPoolExecutor(concurrency) as pool:

@@ -41,7 +41,9 @@ def serve(
     parallel: int = typer.Option(8, min=1, max=128, help="Most sequences decoded together"),
     ctx_size: int = typer.Option(32768, min=256, help="KV cache tokens shared by all sequences"),
     threads: int = typer.Option(0, min=0, help="Compute threads (0 = physical cores)"),
-    prefill_chunk: int = typer.Option(256, min=16, help="Most prompt tokens computed per step"),
+    prefill_chunk: int = typer.Option(512, min=16, help="Most prompt tokens computed per step"),
+    itl_target: float = typer.Option(0.5, min=0.05, help="Seconds per step to aim for while streams decode "
+                                                          "(bounds how long a long prompt pauses them)"),
     max_queue: int = typer.Option(64, min=1, help="Waiting requests before answering 429"),
     chat_template: Path | None = typer.Option(None, help="Jinja chat template file to use instead of the GGUF's",
                                               exists=True, dir_okay=False, readable=True),
@@ -68,7 +70,8 @@ def serve(
     def load() -> None:
         try:
             engine = Engine(EngineConfig(model_path=path, ctx_size=ctx_size, parallel=parallel, threads=threads,
-                                         prefill_chunk=prefill_chunk, max_queue=max_queue),
+                                         prefill_chunk=prefill_chunk, max_queue=max_queue,
+                                         itl_target_s=itl_target),
                             registry=state.registry)
             backend = LocalBackend(engine, model_id=model, aliases=model_aliases(model, path.stem),
                                    chat_template=template_text)

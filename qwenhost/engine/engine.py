@@ -34,7 +34,8 @@ class EngineConfig:
     ctx_size: int = 32768
     parallel: int = 8
     threads: int = 0
-    prefill_chunk: int = 256
+    prefill_chunk: int = 512
+    itl_target_s: float = 0.5
     max_queue: int = 64
     n_batch: int = 2048
     n_ubatch: int = 512
@@ -62,7 +63,8 @@ class Engine:
         self.eos_text = self._token_text("tokenizer.ggml.eos_token_id")
         self.scheduler = Scheduler(
             self.runner,
-            SchedulerConfig(parallel=cfg.parallel, prefill_chunk=cfg.prefill_chunk, max_queue=cfg.max_queue),
+            SchedulerConfig(parallel=cfg.parallel, prefill_chunk=cfg.prefill_chunk, max_queue=cfg.max_queue,
+                            itl_target_s=cfg.itl_target_s),
             self.metrics,
         )
         self.scheduler.start()

@@ -116,7 +116,8 @@ class SlotTable:
         dst.owner = seq
         seq.slot = dst.index
         seq.n_past = reuse
-        seq.n_cached = reuse
+        if not seq.generated:  # a preempted sequence keeps the cache hit it reported first
+            seq.n_cached = reuse
         return True
 
     def release(self, seq: Sequence, keep: bool = True) -> None:

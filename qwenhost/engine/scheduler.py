@@ -30,8 +30,11 @@ class QueueFullError(RuntimeError):
 class SchedulerConfig:
     parallel: int = 8
     idle_slots: int = 8  # extra sequence ids that keep finished chats' KV for reuse
-    prefill_chunk: int = 256
+    prefill_chunk: int = 512  # most prompt tokens per step (when nobody is decoding)
     max_queue: int = 64
+    # While streams are decoding, a step's prompt tokens are limited so the step takes about this long:
+    # a colleague's long document costs running streams a bounded pause per token, not a freeze.
+    itl_target_s: float = 0.5
 
 
 class Scheduler:
@@ -46,6 +49,7 @@ class Scheduler:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._budget_close = runner.tokenize(BUDGET_CLOSE_TEXT, parse_special=True)
+        self._sec_per_token: float | None = None  # measured cost of one batch token (EMA)
 
     # -- called from other threads ------------------------------------------------------------
     def submit(self, seq: Sequence) -> None:
@@ -137,7 +141,7 @@ class Scheduler:
             if seq.state == SeqState.DECODING:
                 idx = batch.add([seq.tokens[seq.n_past]], seq.n_past, seq.slot, True)
                 entries.append((seq, idx, 1))
-        budget = min(self.cfg.prefill_chunk, batch.capacity - batch.n)
+        budget = min(self._prefill_budget(batch.n), batch.capacity - batch.n)
         n_prompt = 0
         for seq in self.running:
             if seq.state != SeqState.PREFILLING or budget <= 0:
@@ -151,6 +155,7 @@ class Scheduler:
             n_prompt += k
         if not entries:
             return
+        t0 = time.perf_counter()
         rc = self.runner.decode()
         if rc == 1:
             self._relieve_memory()
@@ -158,11 +163,22 @@ class Scheduler:
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
         self.metrics.prompt_tokens.inc(n_prompt)
+        if n_prompt:
+            cost = (time.perf_counter() - t0) / batch.n
+            ema = self._sec_per_token
+            self._sec_per_token = cost if ema is None else 0.7 * ema + 0.3 * cost
         now = time.monotonic()
         for seq, idx, k in entries:
             seq.n_past += k
             if idx >= 0 and seq.state != SeqState.FINISHED:
                 self._next_token(seq, idx, now)
+
+    def _prefill_budget(self, n_decoding: int) -> int:
+        """Prompt tokens for this step: all we may when nobody waits on tokens, else what fits the ITL target."""
+        if n_decoding == 0 or self._sec_per_token is None:
+            return self.cfg.prefill_chunk
+        fit = int(self.cfg.itl_target_s / self._sec_per_token) - n_decoding
+        return max(32, min(self.cfg.prefill_chunk, fit))
 
     def _relieve_memory(self) -> None:
         """No KV cells left for this batch: drop idle caches, else preempt the newest sequence."""
