@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from llama_cpp.llama_grammar import SchemaConverter
 
+from .fanout import listable_parameters
+
 __all__ = [
     "CALL_TAG",
     "ToolGrammar",
@@ -48,6 +50,7 @@ class ToolGrammar:
 # away in newlines; the fence trigger below uses the same class and bound, because every text a
 # trigger matches is replayed into the grammar and must be accepted by it.
 _WS = r"[ \t\n]{0,4}"
+_JSON_SPACE = r'| " " | "\n"{1,2} [ \t]{0,20}'
 # Repetition bounds above this are dropped from schemas: the Python converter expands them
 # textually into huge nested rules (and llama.cpp refuses repetitions over 2000).
 _MAX_BOUND = 256
@@ -102,12 +105,25 @@ def _relax(schema: Any) -> Any:
     return schema
 
 
+class _Converter(SchemaConverter):
+    """llama-cpp-python's port drops the trailing ``space`` after enum/const values (llama.cpp's own
+    converter keeps it), so ``"unit": "c"`` could not be followed by a newline before ``}``."""
+
+    def _generate_constant_rule(self, value: Any) -> str:
+        return f"{self._format_literal(json.dumps(value))} space"
+
+
 class _Builder:
     """One SchemaConverter shared by all tools, so common rules (string, value, ...) are emitted
     once and our own rules go through its name de-duplication."""
 
     def __init__(self) -> None:
-        self.conv = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        self.conv = _Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        # The Python converter allows one optional space between JSON tokens, which forces compact
+        # JSON; Qwen2.5-Coder writes indented calls, and forcing it out of that layout changed the
+        # argument values it chose (measured in bench/tool_accuracy.py). Same bound as llama.cpp's
+        # C++ converter: a space, or up to two newlines and 20 indentation characters.
+        self.conv._rules["space"] = _JSON_SPACE
         self._n = 0
 
     def rule(self, name: str, body: str) -> str:
@@ -231,6 +247,9 @@ def tool_call_grammar(
         declared = {name: declared[name]}
     if not declared:
         raise ValueError("no tools to constrain")
+    if parallel and tool_format != "xml":
+        # Allow the list form of a one-value parameter; the parser fans it out into one call per item.
+        declared = {n: listable_parameters(p) for n, p in declared.items()}
     b = _Builder()
     b.rule("ws", _WS)
     one = _xml_function if tool_format == "xml" else _hermes_object

@@ -14,6 +14,8 @@ from typing import Any
 
 import json_repair
 
+from .fanout import fan_out
+
 __all__ = [
     "inside_value",
     "decode_call_body",
@@ -181,7 +183,7 @@ def _decode_hermes(body: str, tools: dict[str, dict] | None, closed: bool) -> li
     calls = [_as_call(v, tools) for v in values]
     if not calls or any(c is None for c in calls):
         return None
-    return calls  # type: ignore[return-value]
+    return [each for c in calls for each in fan_out(c, tools)]  # type: ignore[arg-type]
 
 
 _FUNCTION_RE = re.compile(r"<function=([^>\n]+)>")
@@ -336,9 +338,12 @@ def decode_fenced_body(body: str, tools: dict[str, dict] | None) -> list[Call] |
         if not isinstance(obj, dict) or set(obj) - {"name", "arguments", "parameters"}:
             return None
         call = _as_call(obj, tools)
-        if call is None or not schema_accepts(call[1], tools[call[0]]):
+        if call is None:
             return None
-        calls.append(call)
+        for each in fan_out(call, tools):
+            if not schema_accepts(each[1], tools[each[0]]):
+                return None
+            calls.append(each)
     return calls or None
 
 

@@ -33,6 +33,9 @@ HERMES_OK = [
     '<tool_call>\n{"name": "search", "arguments": {"query": "q", "score": 0.5, "exact": true, "filters": {"x": 1}, '
     '"tags": ["a", "b"], "cursor": null}}\n</tool_call>',
     f"<tool_call>\n{PARIS}\n</tool_call>\n<tool_call>\n{PARIS}\n</tool_call>",
+    # indented, the way Qwen2.5-Coder writes calls when nothing forces it into compact JSON
+    '<tool_call>\n{\n  "name": "get_weather",\n  "arguments": {\n    "city": "Lisbon",\n    "unit": "c"\n  }\n}'
+    "\n</tool_call>",
 ]
 HERMES_BAD = [
     '<tool_call>\n{"name": "launch", "arguments": {}}\n</tool_call>',  # undeclared tool
@@ -228,3 +231,11 @@ def test_native_llama_cpp(small_model_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = [json.loads(line) for line in proc.stdout.splitlines()]
     assert results == expect
+
+
+def test_list_for_one_value_parameter_only_with_parallel_calls() -> None:
+    listed = '<tool_call>\n{"name": "get_weather", "arguments": {"city": ["Oslo", "Paris"]}}\n</tool_call>'
+    assert grammar("hermes", "required")[0].matches(listed)
+    assert not grammar("hermes", "required", parallel=False)[0].matches(listed)
+    nested = '<tool_call>\n{"name": "get_weather", "arguments": {"city": [["Oslo"], ["Paris"]]}}\n</tool_call>'
+    assert not grammar("hermes", "required")[0].matches(nested)
