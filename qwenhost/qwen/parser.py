@@ -39,12 +39,11 @@ from .events import (
     ToolCallStart,
     merge_events,
 )
+from .jsonshape import OPEN_JSON, json_value_end
 from .toolcalls import (
-    OPEN_JSON,
     decode_call_body,
     decode_fenced_body,
     inside_value,
-    json_value_end,
     tool_index,
 )
 

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
+from qwenhost.qwen.jsonshape import schema_accepts
 from qwenhost.qwen.toolcalls import (
     coerce_xml_value,
     decode_call_body,
     decode_fenced_body,
-    schema_accepts,
     tool_index,
 )
 
