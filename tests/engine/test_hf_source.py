@@ -21,11 +21,11 @@ from urllib.parse import unquote
 import huggingface_hub.constants
 import pytest
 
+from qwenhost.engine.hf_source import parse_hf_ref
 from qwenhost.engine.sources import (
     ModelSourceError,
     list_local_models,
     local_ref,
-    parse_hf_ref,
     resolve_model,
 )
 
