@@ -18,8 +18,9 @@ Decisions that peers make differently:
 * Arguments are emitted once the call is complete (one ``ToolCallArgs`` fragment per call), never
   streamed piecewise: a call that turns out malformed falls back to content as raw text, and text
   already sent as arguments could not be taken back.
-* Qwen2.5-Coder's fenced ```json calls are accepted only if they name a declared tool and fit its
-  schema; while a fence might still be a call its text is held back, and released verbatim if not.
+* Qwen2.5-Coder's fenced ```json calls, and replies that are nothing but a call's JSON, are accepted
+  only if they name a declared tool and fit its schema; while such text might still be a call it is
+  held back, and released verbatim if not.
 """
 
 from __future__ import annotations
