@@ -42,7 +42,7 @@ def serve(
     ctx_size: int = typer.Option(32768, min=256, help="KV cache tokens shared by all sequences"),
     threads: int = typer.Option(0, min=0, help="Compute threads (0 = physical cores)"),
     prefill_chunk: int = typer.Option(512, min=16, help="Most prompt tokens computed per step"),
-    itl_target: float = typer.Option(0.5, min=0.05, help="Seconds per step to aim for while streams decode "
+    itl_target: float = typer.Option(1.0, min=0.05, help="Seconds per step to aim for while streams decode "
                                                           "(bounds how long a long prompt pauses them)"),
     max_queue: int = typer.Option(64, min=1, help="Waiting requests before answering 429"),
     chat_template: Path | None = typer.Option(None, help="Jinja chat template file to use instead of the GGUF's",

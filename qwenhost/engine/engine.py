@@ -35,7 +35,7 @@ class EngineConfig:
     parallel: int = 8
     threads: int = 0
     prefill_chunk: int = 512
-    itl_target_s: float = 0.5
+    itl_target_s: float = 1.0
     max_queue: int = 64
     n_batch: int = 2048
     n_ubatch: int = 512

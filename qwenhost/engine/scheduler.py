@@ -34,7 +34,7 @@ class SchedulerConfig:
     max_queue: int = 64
     # While streams are decoding, a step's prompt tokens are limited so the step takes about this long:
     # a colleague's long document costs running streams a bounded pause per token, not a freeze.
-    itl_target_s: float = 0.5
+    itl_target_s: float = 1.0
 
 
 class Scheduler:
