@@ -25,7 +25,6 @@ class HFRef:
     revision: str | None
 
 
-
 def parse_hf_ref(ref: str) -> HFRef:
     m = _HF_RE.match(ref.strip())
     if m is None or not m.group("file").lower().endswith(".gguf"):

@@ -29,7 +29,6 @@ class QueueFullError(RuntimeError):
 @dataclass(frozen=True)
 class SchedulerConfig:
     parallel: int = 8
-    idle_slots: int = 8  # extra sequence ids that keep finished chats' KV for reuse
     prefill_chunk: int = 512  # most prompt tokens per step (when nobody is decoding)
     max_queue: int = 64
     # While streams are decoding, a step's prompt tokens are limited so the step takes about this long:

@@ -212,13 +212,13 @@ class LocalBackend:
             async for out in outputs:
                 completion_tokens += out.n_tokens
                 if out.text:
-                    for d in self._deltas(prep, prep.parser.feed(out.text) if prep.parser else None, out.text):
+                    for d in self._deltas(prep.parser.feed(out.text) if prep.parser else None, out.text):
                         yield d
                 if out.finish_reason is not None:
                     if out.finish_reason == "error":
                         raise RequestError(500, out.error or "generation failed", err_type="server_error")
                     if prep.parser is not None:
-                        for d in self._deltas(prep, prep.parser.finish(), ""):
+                        for d in self._deltas(prep.parser.finish(), ""):
                             yield d
                     reason = out.finish_reason
                     if prep.parser is not None and prep.parser.tool_call_count and reason == "stop":
@@ -230,7 +230,7 @@ class LocalBackend:
                                err_type="rate_limit_error", retry_after=2) from exc
 
     @staticmethod
-    def _deltas(prep: Prepared, events: list | None, raw: str) -> list[Delta]:
+    def _deltas(events: list | None, raw: str) -> list[Delta]:
         if events is None:
             return [Delta(content=raw)]
         out: list[Delta] = []
