@@ -20,7 +20,7 @@ Decisions that peers make differently:
   already sent as arguments could not be taken back.
 * Qwen2.5-Coder's fenced ```json calls, and replies that are nothing but a call's JSON, are accepted
   only if they name a declared tool and fit its schema; while such text might still be a call it is
-  held back, and released verbatim if not.
+  held back, and released verbatim if not (the states for those forms live in untagged.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
-from enum import Enum, auto
 
 from .events import (
     ContentDelta,
@@ -40,13 +39,13 @@ from .events import (
     ToolCallStart,
     merge_events,
 )
-from .jsonshape import OPEN_JSON, json_value_end
 from .toolcalls import (
     decode_call_body,
-    decode_fenced_body,
     inside_value,
     tool_index,
 )
+from .untagged import FENCE, UntaggedCallStates, fence_at, fence_hold
+from .untagged import ParserState as _State
 
 __all__ = [
     "ContentDelta",
@@ -69,22 +68,7 @@ def new_call_id() -> str:
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
-FENCE = "```"
-# A fence header longer than this is not "```json"; it is inline code or prose.
-_MAX_FENCE_HEADER = 40
-# A bare JSON call longer than this is not waited for: it is released as content.
-_MAX_BARE_CALL = 16384
 
-
-class _State(Enum):
-    START = auto()  # before the first output: a leading <think> may open (or repeat) reasoning
-    THINK = auto()
-    CONTENT = auto()
-    TOOL = auto()  # inside <tool_call>, collecting the body
-    FENCE_HEAD = auto()  # after ``` at a line start, waiting for the language line
-    FENCE_BODY = auto()  # inside ```json that may be a Qwen2.5-Coder call
-    CODE = auto()  # inside a code block that is not a call: plain content until the closing fence
-    BARE = auto()  # a reply that starts with { or [: maybe a bare Qwen2.5-Coder call, held until it closes
 
 
 def _held_suffix(text: str, tags: tuple[str, ...]) -> int:
@@ -96,7 +80,7 @@ def _held_suffix(text: str, tags: tuple[str, ...]) -> int:
     return 0
 
 
-class StreamParser:
+class StreamParser(UntaggedCallStates):
     def __init__(
         self,
         *,
@@ -201,15 +185,6 @@ class StreamParser:
         else:
             self._release(CALL_OPEN + body + (CALL_CLOSE if closed else ""))
 
-    def _end_fence(self, held: str, close: str = "") -> bool:
-        _header, _, body = held.partition("\n")
-        calls = decode_fenced_body(body, self._tools)
-        if calls:
-            self._emit_calls(calls)
-        else:
-            self._release(held + close)
-        return bool(calls)
-
     # -- state machine ------------------------------------------------------------------------
 
     def _step(self, final: bool) -> bool:
@@ -263,24 +238,6 @@ class StreamParser:
         self._buf = self._buf[len(self._buf) - keep:]
         return True
 
-    def _fence_at(self, text: str, at_line_start: bool) -> int:
-        """Index of the first ``` that starts a line in ``text``, or -1."""
-        pos = text.find(FENCE)
-        while pos >= 0:
-            if (pos == 0 and at_line_start) or (pos > 0 and text[pos - 1] == "\n"):
-                return pos
-            pos = text.find(FENCE, pos + 1)
-        return -1
-
-    def _fence_hold(self, text: str, at_line_start: bool) -> int:
-        # A trailing "`" or "``" at a line start may still grow into a fence.
-        for size in (2, 1):
-            if len(text) >= size and text.endswith("`" * size):
-                start = len(text) - size
-                if (start == 0 and at_line_start) or (start > 0 and text[start - 1] == "\n"):
-                    return size
-        return 0
-
     def _scan_content(self, final: bool) -> bool:
         buf = self._buf
         if self._bare_ok and buf.lstrip()[:1] in ("{", "["):
@@ -291,14 +248,14 @@ class StreamParser:
         # later in the content they are text the model wrote, e.g. `<think>` in an explanation.
         tags = (CALL_OPEN,) if self._calls_on else ()
         hits = [(i, tag) for tag in tags if (i := buf.find(tag)) >= 0]
-        if self._fences_on and (i := self._fence_at(buf, self._line_start)) >= 0:
+        if self._fences_on and (i := fence_at(buf, self._line_start)) >= 0:
             hits.append((i, FENCE))
         if not hits:
             keep = 0
             if not final:
                 keep = _held_suffix(buf, tags)
                 if self._fences_on:
-                    keep = max(keep, self._fence_hold(buf, self._line_start))
+                    keep = max(keep, fence_hold(buf, self._line_start))
             if keep == len(buf):
                 return False
             self._content(buf[: len(buf) - keep])
@@ -356,81 +313,6 @@ class StreamParser:
         self._held = ""
         self._state, self._eat_ws, self._line_start = _State.CONTENT, True, True
 
-    def _fence_head(self, final: bool) -> bool:
-        buf = self._buf
-        end = buf.find("\n")
-        if 0 <= end <= _MAX_FENCE_HEADER:
-            lang = buf[:end].strip().lower()
-            self._buf = buf[end + 1:]
-            if lang in ("", "json"):
-                self._held = FENCE + buf[: end + 1]
-                self._state = _State.FENCE_BODY
-            else:
-                self._release(FENCE + buf[: end + 1])
-                self._state = _State.CODE
-            return True
-        if end < 0 and len(buf) <= _MAX_FENCE_HEADER and not final:
-            return False
-        # No language line: inline backticks, not a code block.
-        self._release(FENCE)
-        self._state = _State.CONTENT
-        return True
-
-    def _fence_body(self, final: bool) -> bool:
-        buf = self._buf
-        body_so_far = (self._held.partition("\n")[2] + buf).lstrip()
-        if body_so_far and body_so_far[0] not in "{[":
-            # Code, not a call object: show the block as it streams.
-            self._release(self._held)
-            self._held = ""
-            self._state = _State.CODE
-            return True
-        close = self._fence_at(buf, self._held.endswith("\n"))
-        if close >= 0:
-            if self._end_fence(self._held + buf[:close], FENCE):
-                self._eat_ws = self._line_start = True
-            self._buf = buf[close + len(FENCE):]
-            self._held = ""
-            self._state = _State.CONTENT
-            return True
-        keep = 0 if final else self._fence_hold(buf, self._held.endswith("\n"))
-        if keep == len(buf):
-            return False
-        self._held += buf[: len(buf) - keep]
-        self._buf = buf[len(buf) - keep:]
-        return True
-
-    def _bare(self, final: bool) -> bool:
-        """Qwen2.5-Coder sometimes answers with nothing but the call's JSON, untagged and unfenced."""
-        self._held, self._buf = self._held + self._buf, ""
-        end = json_value_end(self._held)
-        if end == OPEN_JSON and not final and len(self._held) <= _MAX_BARE_CALL:
-            return False
-        calls = decode_fenced_body(self._held[:end], self._tools) if end >= 0 else None
-        if calls:
-            self._emit_calls(calls)
-            self._buf = self._held[end:]
-        else:
-            self._bare_ok = False
-            self._ws, self._pre_ws = self._pre_ws, ""
-            self._buf = self._held
-        self._held, self._state = "", _State.CONTENT
-        return True
-
-    def _code(self, final: bool) -> bool:
-        buf = self._buf
-        close = self._fence_at(buf, self._line_start)
-        if close >= 0:
-            self._content(buf[: close + len(FENCE)])
-            self._buf = buf[close + len(FENCE):]
-            self._state = _State.CONTENT
-            return True
-        keep = 0 if final else self._fence_hold(buf, self._line_start)
-        if keep == len(buf):
-            return False
-        self._content(buf[: len(buf) - keep])
-        self._buf = buf[len(buf) - keep:]
-        return True
 
 
 def parse_completion(
