@@ -29,15 +29,24 @@ def small_model_path() -> Path:
     return resolve_model(SMALL_MODEL, progress=False)
 
 
+def _tmp_dir() -> Path:
+    return Path(os.environ.get("TMPDIR", "/tmp"))
+
+
 class ServerProcess:
-    def __init__(self, args: list[str], model_path: Path) -> None:
+    def __init__(self, args: list[str], model_path: Path | None, *, model: str = SMALL_MODEL,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "qwenhost", "serve", "--model", SMALL_MODEL, "--port", str(self.port),
+        # Each server gets its own gateway database: no keys in it, so auth is off on loopback.
+        self.db_path = _tmp_dir() / f"qwenhost-test-{self.port}.db"
+        self.db_path.unlink(missing_ok=True)
+        full_env = {**os.environ, "QWENHOST_DATABASE_URL": f"sqlite:///{self.db_path}", "PYTHONUNBUFFERED": "1",
+                    **(env or {})}
+        cmd = [sys.executable, "-m", "qwenhost", "serve", "--model", model, "--port", str(self.port),
                "--log-level", "warning", *args]
         self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"qwenhost-test-{self.port}.log", "w+")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

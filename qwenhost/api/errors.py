@@ -9,6 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from qwenhost.api.metering import AdminRequired
+from qwenhost.gateway.keys import AuthError
+from qwenhost.gateway.limits import LimitExceeded
 from qwenhost.router.local import RequestError
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,24 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         return error_response(exc.status, exc.message, param=exc.param, code=exc.code,
                               err_type=exc.err_type, headers=headers)
+
+    @app.exception_handler(AuthError)
+    async def _auth(_: Request, exc: AuthError) -> JSONResponse:
+        return error_response(401, exc.message, code=exc.code, err_type="invalid_request_error",
+                              headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(AdminRequired)
+    async def _admin(_: Request, exc: AdminRequired) -> JSONResponse:
+        return error_response(403, exc.message, code="admin_key_required", err_type="permission_error")
+
+    @app.exception_handler(LimitExceeded)
+    async def _limit(_: Request, exc: LimitExceeded) -> JSONResponse:
+        # OpenAI's shapes: quota → type/code insufficient_quota; rate → type "requests"/"tokens", code
+        # rate_limit_exceeded, with Retry-After.
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        err_type = "insufficient_quota" if exc.code == "insufficient_quota" else (
+            "tokens" if "tokens per minute" in exc.message else "requests")
+        return error_response(429, exc.message, code=exc.code, err_type=err_type, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -7,20 +7,26 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
+import anyio
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
+from qwenhost.api.metering import Meter, gateway_of, principal
 from qwenhost.api.state import ServerState
-from qwenhost.router.local import Delta, Finish, LocalBackend, Prepared, RequestError
+from qwenhost.gateway.keys import Principal
+from qwenhost.router.backend import Backend
+from qwenhost.router.local import Delta, Finish, Prepared, RequestError
 from qwenhost.router.openai_types import ChatCompletionRequest, CompletionRequest
 
 router = APIRouter()
 
 
-def _backend(request: Request, model: str) -> LocalBackend:
+def _backend(request: Request, model: str) -> Backend:
+    """The backend serving ``model`` (404 if none, 503 while loading)."""
     state: ServerState = request.app.state.qwenhost
     backend = state.backend
     if backend is None:
@@ -49,6 +55,29 @@ async def _first_and_rest(agen: AsyncIterator[Delta | Finish]) -> tuple[Delta | 
     return first, agen
 
 
+class _MeteredStream(StreamingResponse):
+    """An event stream that settles its request as soon as the response ends, however it ends.
+
+    When the client leaves, Starlette cancels the send loop and leaves the body generator suspended (or never
+    started), so its ``finally`` (which bills what was generated and stops the backend) would run only when
+    the garbage collector finds the generator: in a quiet server not at all, and the request went unbilled."""
+
+    def __init__(self, body: AsyncGenerator[bytes, None], meter: Meter, agen: AsyncIterator[Delta | Finish],
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(body, media_type="text/event-stream", headers=headers)
+        self._body, self._meter, self._agen = body, meter, agen
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):  # also when the server is shutting down and cancels us
+                await self._body.aclose()
+                self._meter.abandoned("disconnected")  # for a body that never started; else a no-op
+                with contextlib.suppress(Exception):
+                    await self._agen.aclose()
+
+
 async def _watch_disconnect(request: Request, task: asyncio.Task) -> None:
     while not task.done():
         if await request.is_disconnected():
@@ -57,7 +86,15 @@ async def _watch_disconnect(request: Request, task: asyncio.Task) -> None:
         await asyncio.sleep(0.25)
 
 
-async def _collect(request: Request, agen: AsyncIterator[Delta | Finish]) -> tuple[list[Delta], Finish]:
+async def _admit(request: Request, who: Principal, backend: Backend, prep: Prepared, rid: str,
+                 model: str) -> Meter:
+    gw = gateway_of(request)
+    await gw.admit(who)
+    names = [model, *sorted(backend.aliases)]
+    return Meter(gw, who, gw.start(rid, model, backend.kind, price_names=names), prep)
+
+
+async def _collect(request: Request, agen: AsyncIterator[Delta | Finish], meter: Meter) -> tuple[list[Delta], Finish]:
     async def run() -> tuple[list[Delta], Finish]:
         deltas: list[Delta] = []
         async for ev in agen:
@@ -69,7 +106,15 @@ async def _collect(request: Request, agen: AsyncIterator[Delta | Finish]) -> tup
     task = asyncio.ensure_future(run())
     watcher = asyncio.ensure_future(_watch_disconnect(request, task))
     try:
-        return await task
+        deltas, fin = await task
+        await meter.completed(fin)
+        return deltas, fin
+    except asyncio.CancelledError:
+        meter.abandoned("disconnected")
+        raise
+    except BaseException:
+        meter.abandoned("failed")
+        raise
     finally:
         watcher.cancel()
         with contextlib.suppress(Exception):
@@ -98,19 +143,19 @@ def _message(deltas: list[Delta]) -> dict[str, Any]:
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+async def chat_completions(body: ChatCompletionRequest, request: Request,
+                           who: Principal = Depends(principal)) -> Any:
     state: ServerState = request.app.state.qwenhost
     backend = _backend(request, body.model)
     prep = backend.prepare_chat(body)
     rid = "chatcmpl-" + secrets.token_hex(12)
     created = int(time.time())
+    meter = await _admit(request, who, backend, prep, rid, body.model)
     first, agen = await _first_and_rest(backend.stream(prep))
     if body.stream:
-        return StreamingResponse(
-            _chat_sse(rid, created, body, state, first, agen), media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-    deltas, fin = await _collect(request, _prepend(first, agen))
+        return _MeteredStream(_chat_sse(rid, created, body, state, first, agen, meter), meter, agen,
+                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    deltas, fin = await _collect(request, _prepend(first, agen), meter)
     return JSONResponse({
         "id": rid, "object": "chat.completion", "created": created, "model": body.model,
         "system_fingerprint": state.fingerprint,
@@ -126,7 +171,8 @@ async def _prepend(first: Delta | Finish, agen: AsyncIterator[Delta | Finish]) -
 
 
 async def _chat_sse(rid: str, created: int, body: ChatCompletionRequest, state: ServerState,
-                    first: Delta | Finish, agen: AsyncIterator[Delta | Finish]) -> AsyncIterator[bytes]:
+                    first: Delta | Finish, agen: AsyncIterator[Delta | Finish],
+                    meter: Meter) -> AsyncGenerator[bytes, None]:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": body.model,
             "system_fingerprint": state.fingerprint}
@@ -141,6 +187,7 @@ async def _chat_sse(rid: str, created: int, body: ChatCompletionRequest, state: 
         yield chunk({"role": "assistant", "content": ""})
         async for ev in _prepend(first, agen):
             if isinstance(ev, Finish):
+                await meter.completed(ev)  # on disk before the client sees the end of the stream
                 yield chunk({}, ev.reason)
                 if include_usage:
                     yield _sse({**base, "choices": [], "usage": _usage(ev)})
@@ -153,30 +200,34 @@ async def _chat_sse(rid: str, created: int, body: ChatCompletionRequest, state: 
                 yield chunk({"tool_calls": [ev.tool_call]})
         yield b"data: [DONE]\n\n"
     except RequestError as exc:
+        meter.abandoned("failed")
         yield _sse({"error": {"message": exc.message, "type": exc.err_type, "param": exc.param, "code": exc.code}})
     finally:
+        meter.abandoned("disconnected")  # no-op when already billed
         with contextlib.suppress(Exception):
             await agen.aclose()
 
 
 @router.post("/v1/completions")
-async def completions(body: CompletionRequest, request: Request) -> Any:
+async def completions(body: CompletionRequest, request: Request, who: Principal = Depends(principal)) -> Any:
     state: ServerState = request.app.state.qwenhost
     backend = _backend(request, body.model)
     prep: Prepared = backend.prepare_completion(body)
     rid = "cmpl-" + secrets.token_hex(12)
     created = int(time.time())
+    meter = await _admit(request, who, backend, prep, rid, body.model)
     first, agen = await _first_and_rest(backend.stream(prep))
     base = {"id": rid, "object": "text_completion", "created": created, "model": body.model,
             "system_fingerprint": state.fingerprint}
     echo = prep.prompt_text if body.echo else ""
     if body.stream:
-        async def sse() -> AsyncIterator[bytes]:
+        async def sse() -> AsyncGenerator[bytes, None]:
             try:
                 if echo:
                     yield _sse({**base, "choices": [{"index": 0, "text": echo, "finish_reason": None}]})
                 async for ev in _prepend(first, agen):
                     if isinstance(ev, Finish):
+                        await meter.completed(ev)
                         yield _sse({**base, "choices": [{"index": 0, "text": "", "finish_reason": ev.reason}]})
                         if body.stream_options and body.stream_options.include_usage:
                             yield _sse({**base, "choices": [], "usage": _usage(ev)})
@@ -184,11 +235,16 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
                     if ev.content:
                         yield _sse({**base, "choices": [{"index": 0, "text": ev.content, "finish_reason": None}]})
                 yield b"data: [DONE]\n\n"
+            except RequestError as exc:
+                meter.abandoned("failed")
+                yield _sse({"error": {"message": exc.message, "type": exc.err_type, "param": exc.param,
+                                      "code": exc.code}})
             finally:
+                meter.abandoned("disconnected")
                 with contextlib.suppress(Exception):
                     await agen.aclose()
-        return StreamingResponse(sse(), media_type="text/event-stream")
-    deltas, fin = await _collect(request, _prepend(first, agen))
+        return _MeteredStream(sse(), meter, agen)
+    deltas, fin = await _collect(request, _prepend(first, agen), meter)
     text = echo + "".join(d.content or "" for d in deltas)
     return JSONResponse({**base, "choices": [{"index": 0, "text": text, "finish_reason": fin.reason,
                                               "logprobs": None}], "usage": _usage(fin)})

@@ -8,22 +8,24 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
-from qwenhost.router.local import LocalBackend
+from qwenhost.gateway.service import Gateway
+from qwenhost.router.backend import Backend
 
 
 @dataclass
 class ServerState:
     model_id: str
+    gateway: Gateway
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-    backend: LocalBackend | None = None
+    backend: Backend | None = None
     load_error: str | None = None
     loading_since: float = field(default_factory=time.monotonic)
     fingerprint: str = "fp_qwenhost"
     max_body_bytes: int = 8 * 2**20
 
-    def set_backend(self, backend: LocalBackend, model_sha: str = "") -> None:
+    def set_backend(self, backend: Backend, model_sha: str = "") -> None:
         self.backend = backend
-        digest = hashlib.sha256(f"{self.model_id}:{model_sha}:{backend.engine.runner.n_ctx}".encode()).hexdigest()
+        digest = hashlib.sha256(f"{self.model_id}:{model_sha}:{backend.fingerprint_source()}".encode()).hexdigest()
         self.fingerprint = "fp_" + digest[:10]
 
     def loading_message(self) -> str:

@@ -1,4 +1,4 @@
-"""The `qwenhost` command: serve, chat, models."""
+"""The `qwenhost` command: serve, chat, models, and the gateway admin (projects, keys, prices, usage, audit)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,19 @@ err = Console(stderr=True)
 
 
 def _register_subcommands() -> None:
+    from qwenhost.cli.admin import keys_app, projects_app
+    from qwenhost.cli.admin_prices import prices_app
+    from qwenhost.cli.admin_usage import audit_list, usage
     from qwenhost.cli.chat import chat
     from qwenhost.cli.models import models_app
 
     app.add_typer(models_app, name="models", help="List and download models.")
     app.command(help="Chat with a model in the terminal (streams; Ctrl-C stops the answer).")(chat)
+    app.add_typer(projects_app, name="projects", help="Create and list projects (own keys, limits, budgets).")
+    app.add_typer(keys_app, name="keys", help="Create, list and revoke API keys.")
+    app.add_typer(prices_app, name="prices", help="Model prices per million tokens, and local hardware costs.")
+    app.command("usage", help="Requests, tokens and cost from the ledger (table or --csv).")(usage)
+    app.command("audit", help="Recent admin actions and failed authentications.")(audit_list)
 
 
 def model_aliases(ref: str, path_stem: str) -> list[str]:
@@ -35,7 +43,9 @@ def model_aliases(ref: str, path_stem: str) -> list[str]:
 
 @app.command()
 def serve(
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Catalog alias, GGUF path or hf:ORG/REPO/FILE.gguf"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
+                              help="Catalog alias, GGUF path, hf:ORG/REPO/FILE.gguf, or 'echo' (no model: "
+                                   "replies at once, for testing what sits in front of a model)"),
     host: str = typer.Option("127.0.0.1", help="Address to bind"),
     port: int = typer.Option(8642, help="Port to listen on"),
     parallel: int = typer.Option(8, min=1, max=128, help="Most sequences decoded together"),
@@ -56,16 +66,33 @@ def serve(
     from qwenhost.api.state import ServerState
     from qwenhost.engine.engine import Engine, EngineConfig
     from qwenhost.engine.sources import ModelSourceError, resolve_model
+    from qwenhost.gateway.db import DatabaseError
+    from qwenhost.gateway.service import Gateway
+    from qwenhost.router.echo import ECHO_MODEL, EchoBackend
     from qwenhost.router.local import LocalBackend
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        gateway = Gateway.from_env()
+    except (DatabaseError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    auth_note = gateway.configure_auth(host)
+    err.print(("[bold yellow]warning:[/bold yellow] " if not gateway.auth_required else "") + auth_note)
+    err.print(f"  gateway database: {gateway.db.display_url}")
+    state = ServerState(model_id=model, gateway=gateway)
+    app_ = create_app(state)
+    if model == ECHO_MODEL:
+        state.set_backend(EchoBackend(ctx_size))
+        err.print(f"qwenhost serving the echo backend on http://{host}:{port}/v1")
+        uvicorn.run(app_, host=host, port=port, log_level=log_level)
+        return
     try:
         path = resolve_model(model)
     except ModelSourceError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     template_text = chat_template.read_text(encoding="utf-8") if chat_template else None
-    state = ServerState(model_id=model)
 
     def load() -> None:
         try:
@@ -83,7 +110,7 @@ def serve(
 
     threading.Thread(target=load, name="qwenhost-load", daemon=True).start()
     err.print(f"qwenhost serving {model} on http://{host}:{port}/v1 (OpenAI-compatible; docs at /docs)")
-    uvicorn.run(create_app(state), host=host, port=port, log_level=log_level)
+    uvicorn.run(app_, host=host, port=port, log_level=log_level)
 
 
 _register_subcommands()

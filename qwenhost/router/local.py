@@ -55,6 +55,7 @@ class Prepared:
     parser: StreamParser | None
     tools: list[dict[str, Any]] = field(default_factory=list)
     prompt_text: str = ""
+    completion_tokens: int = 0  # generated so far: what a client that leaves mid-stream is billed for
 
 
 def _messages_as_dicts(req: ChatCompletionRequest) -> list[dict[str, Any]]:
@@ -87,6 +88,8 @@ def _messages_as_dicts(req: ChatCompletionRequest) -> list[dict[str, Any]]:
 
 
 class LocalBackend:
+    kind = "local"  # the ledger's backend column
+
     def __init__(self, engine: Engine, model_id: str, aliases: list[str] | None = None,
                  chat_template: str | None = None) -> None:
         self.engine = engine
@@ -98,6 +101,13 @@ class LocalBackend:
                              "pass one with --chat-template FILE")
         self.template = template
         self.tool_format = detect_tool_format(template)
+
+    def load(self) -> dict[str, int]:
+        """How busy the engine is, for /health."""
+        return {"running": len(self.engine.scheduler.running), "waiting": len(self.engine.scheduler.waiting)}
+
+    def fingerprint_source(self) -> str:
+        return f"local:{self.engine.runner.n_ctx}"
 
     def serves(self, model: str) -> bool:
         return model in self.aliases
@@ -206,11 +216,10 @@ class LocalBackend:
 
     # -- generation ----------------------------------------------------------------------------------
     async def stream(self, prep: Prepared) -> AsyncIterator[Delta | Finish]:
-        completion_tokens = 0
         try:
             outputs = self.engine.generate(prep.gen)
             async for out in outputs:
-                completion_tokens += out.n_tokens
+                prep.completion_tokens += out.n_tokens
                 if out.text:
                     for d in self._deltas(prep.parser.feed(out.text) if prep.parser else None, out.text):
                         yield d
@@ -223,7 +232,7 @@ class LocalBackend:
                     reason = out.finish_reason
                     if prep.parser is not None and prep.parser.tool_call_count and reason == "stop":
                         reason = "tool_calls"
-                    yield Finish(reason, out.prompt_tokens, completion_tokens, out.cached_tokens)
+                    yield Finish(reason, out.prompt_tokens, prep.completion_tokens, out.cached_tokens)
                     return
         except QueueFullError as exc:
             raise RequestError(429, f"the server is busy ({exc}); retry shortly", code="queue_full",

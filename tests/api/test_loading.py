@@ -25,8 +25,13 @@ def serve_state(state: ServerState) -> tuple[uvicorn.Server, str]:
     return server, base
 
 
-def test_loading_and_failed_load_answer_503():
-    state = ServerState(model_id="qwen2.5-coder:0.5b")
+def test_loading_and_failed_load_answer_503(tmp_path):
+    from qwenhost.gateway.db import Database
+    from qwenhost.gateway.service import Gateway
+
+    gateway = Gateway(Database(f"sqlite:///{tmp_path / 'gw.db'}"))
+    gateway.configure_auth("127.0.0.1")
+    state = ServerState(model_id="qwen2.5-coder:0.5b", gateway=gateway)
     server, base = serve_state(state)
     try:
         body = {"model": "qwen2.5-coder:0.5b", "messages": [{"role": "user", "content": "hi"}]}

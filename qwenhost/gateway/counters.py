@@ -1,0 +1,118 @@
+"""Windowed counters for rate limits, in one of three places:
+
+* memory: one qwenhost process (the default with SQLite);
+* redis: several processes, when QWENHOST_REDIS_URL is set (atomic INCRBY, keys expire by themselves);
+* database: several processes sharing PostgreSQL without Redis (an UPSERT per hit).
+
+Each counter is a per-minute bucket; the rate limiter reads the current and the previous bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+import time
+from typing import Protocol
+
+from qwenhost.gateway.db import Database
+from qwenhost.gateway.schema import LimitCounter
+
+BUCKET_TTL_S = 180
+
+
+class CounterStore(Protocol):
+    name: str
+
+    async def add(self, key: str, amount: int) -> int:
+        """Add to a bucket and return its new value."""
+        ...
+
+    async def get(self, keys: list[str]) -> list[int]: ...
+
+
+class MemoryCounters:
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+        self._swept = time.monotonic()
+
+    async def add(self, key: str, amount: int) -> int:
+        now = time.monotonic()
+        with self._lock:
+            value = self._values.get(key, (0, 0.0))[0] + amount
+            self._values[key] = (value, now + BUCKET_TTL_S)
+            if now - self._swept > 60:
+                self._values = {k: v for k, v in self._values.items() if v[1] > now}
+                self._swept = now
+        return value
+
+    async def get(self, keys: list[str]) -> list[int]:
+        return [self._values.get(k, (0, 0.0))[0] for k in keys]
+
+
+class RedisCounters:
+    name = "redis"
+
+    def __init__(self, url: str, namespace: str) -> None:
+        import redis.asyncio as aioredis
+
+        self.url = url
+        self.ns = f"qwenhost:{namespace}:"
+        self._client = aioredis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+    async def add(self, key: str, amount: int) -> int:
+        async with self._client.pipeline(transaction=True) as p:
+            p.incrby(self.ns + key, amount)
+            p.expire(self.ns + key, BUCKET_TTL_S)
+            value, _ = await p.execute()
+        return int(value)
+
+    async def get(self, keys: list[str]) -> list[int]:
+        values = await self._client.mget([self.ns + k for k in keys])
+        return [int(v) if v is not None else 0 for v in values]
+
+    async def ping(self) -> None:
+        await self._client.ping()
+
+
+class DatabaseCounters:
+    name = "database"
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._last_sweep = 0.0
+
+    def _add(self, key: str, amount: int) -> int:
+        if self.db.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        from sqlalchemy import delete
+
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        ins = insert(LimitCounter).values(key=key, value=amount, expires_at=now + dt.timedelta(seconds=BUCKET_TTL_S))
+        stmt = ins.on_conflict_do_update(index_elements=["key"],
+                                         set_={"value": LimitCounter.value + ins.excluded.value})
+        with self.db.engine.begin() as conn:
+            value = conn.execute(stmt.returning(LimitCounter.value)).scalar_one()
+            if time.monotonic() - self._last_sweep > 60:
+                self._last_sweep = time.monotonic()
+                conn.execute(delete(LimitCounter).where(LimitCounter.expires_at < now))
+        return int(value)
+
+    def _get(self, keys: list[str]) -> list[int]:
+        from sqlalchemy import select
+
+        with self.db.session() as s:
+            q = select(LimitCounter.key, LimitCounter.value).where(LimitCounter.key.in_(keys))
+            found = dict(s.execute(q).all())
+        return [int(found.get(k, 0)) for k in keys]
+
+    async def add(self, key: str, amount: int) -> int:
+        return await asyncio.to_thread(self._add, key, amount)
+
+    async def get(self, keys: list[str]) -> list[int]:
+        return await asyncio.to_thread(self._get, keys)

@@ -1,0 +1,119 @@
+"""The gateway's database: SQLite (WAL) under QWENHOST_HOME by default, PostgreSQL via QWENHOST_DATABASE_URL.
+The schema is brought up to date with Alembic on open, so an upgraded qwenhost migrates an old database."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from qwenhost.config import home_dir
+
+DATABASE_URL_ENV = "QWENHOST_DATABASE_URL"
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class DatabaseError(Exception):
+    """The configured database cannot be used; the message says what to fix."""
+
+
+def database_url() -> str:
+    url = os.environ.get(DATABASE_URL_ENV, "").strip()
+    if url:
+        return url
+    return f"sqlite:///{home_dir() / 'qwenhost.db'}"
+
+
+def _normalize(url: str) -> str:
+    # "postgresql://" would pick psycopg2, which we do not ship; psycopg 3 is the driver we install.
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    # WAL lets readers run beside the ledger writer; NORMAL keeps every commit across a process crash
+    # (kill -9), though not across power loss (set synchronous=FULL in the URL's query for that).
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Database:
+    def __init__(self, url: str | None = None) -> None:
+        self.url = _normalize(url or database_url())
+        try:
+            parsed = make_url(self.url)
+        except Exception as exc:
+            raise DatabaseError(f"{DATABASE_URL_ENV} is not a database URL: {exc}") from exc
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite and parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict = {"pool_pre_ping": not self.is_sqlite}
+        if not self.is_sqlite:
+            kwargs.update(pool_size=8, max_overflow=8)
+        try:
+            self.engine: Engine = create_engine(self.url, **kwargs)
+        except Exception as exc:
+            raise DatabaseError(f"cannot use database {parsed.render_as_string(hide_password=True)}: {exc}") from exc
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._migrated = False
+        self._lock = threading.Lock()
+
+    @property
+    def display_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the newest Alembic revision."""
+        with self._lock:
+            if self._migrated:
+                return
+            from alembic import command
+            from alembic.config import Config
+
+            logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines are noise at every start
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            try:
+                with self.engine.begin() as conn:
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+            except Exception as exc:
+                raise DatabaseError(f"cannot open database {self.display_url}: {exc}") from exc
+            self._migrated = True
+
+    def installation_id(self) -> str:
+        """A random id made once per database, so stores shared by several databases (Redis) keep them apart."""
+        import secrets
+
+        from sqlalchemy.exc import IntegrityError
+
+        from qwenhost.gateway.schema import Meta
+
+        with self.session() as s:
+            row = s.get(Meta, "installation_id")
+            if row is not None:
+                return row.value
+            s.add(Meta(key="installation_id", value=secrets.token_hex(8)))
+            try:
+                s.commit()
+            except IntegrityError:  # another process made it first
+                s.rollback()
+            return s.get(Meta, "installation_id").value  # type: ignore[union-attr]
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,165 @@
+"""Rate limits (requests and tokens per minute, per key and per project) and monthly budgets (hard stop).
+
+Rates use a sliding window over per-minute buckets: the previous minute's count, weighted by how much of it
+still lies inside the last 60 s, plus the current minute's. A request counts when it is admitted; its tokens
+count when it ends (they are not known before), so a tokens-per-minute limit stops the requests that come
+after the minute's tokens are spent. Budgets are checked before generation against the month-to-date spend
+the ledger keeps; requests already running when a budget runs out finish (and are billed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+from qwenhost.gateway.counters import CounterStore
+from qwenhost.gateway.keys import Principal
+from qwenhost.gateway.ledger import UsageLedger, month_of
+from qwenhost.gateway.prices import nano_to_usd
+
+WINDOW_S = 60
+
+
+def _usd(nusd: int) -> str:
+    return f"{nano_to_usd(nusd):.9f}".rstrip("0").rstrip(".") if nusd % 10_000_000 else f"{nano_to_usd(nusd):.2f}"
+
+
+class LimitExceeded(Exception):
+    def __init__(self, message: str, code: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.message, self.code, self.retry_after = message, code, retry_after
+
+
+def window_estimate(prev: int, curr: int, frac: float) -> float:
+    return prev * (1.0 - frac) + curr
+
+
+def seconds_until_room(prev: int, curr: int, limit: int, cost: int, frac: float) -> int:
+    """Seconds until prev*(1-f) + curr + cost <= limit, with f the fraction of the current minute gone."""
+    if cost > limit:
+        return WINDOW_S
+    if curr + cost <= limit and prev > 0:
+        # Within this minute, as the previous minute's weight decays.
+        f_needed = 1.0 - (limit - cost - curr) / prev
+        return max(1, math.ceil((f_needed - frac) * WINDOW_S))
+    # Next minute: the current bucket becomes the previous one and decays in turn.
+    rest = (1.0 - frac) * WINDOW_S
+    q = 0.0 if curr == 0 else max(0.0, 1.0 - (limit - cost) / curr)
+    return max(1, math.ceil(rest + q * WINDOW_S))
+
+
+@dataclass(frozen=True)
+class _Scope:
+    kind: str  # key | project
+    ident: int
+    rpm: int | None
+    tpm: int | None
+
+
+def _scopes(p: Principal) -> list[_Scope]:
+    out = []
+    if p.key_id is not None and (p.rpm or p.tpm):
+        out.append(_Scope("key", p.key_id, p.rpm, p.tpm))
+    if p.project_rpm or p.project_tpm:
+        out.append(_Scope("project", p.project_id, p.project_rpm, p.project_tpm))
+    return out
+
+
+class RateLimiter:
+    def __init__(self, counters: CounterStore) -> None:
+        self.counters = counters
+
+    async def admit(self, p: Principal, now: float | None = None) -> None:
+        scopes = _scopes(p)
+        if not scopes:
+            return
+        now = time.time() if now is None else now
+        win, frac = int(now // WINDOW_S), (now % WINDOW_S) / WINDOW_S
+        for sc in scopes:
+            if sc.tpm:
+                prev, curr = await self.counters.get([f"tok:{sc.kind}:{sc.ident}:{win - 1}",
+                                                      f"tok:{sc.kind}:{sc.ident}:{win}"])
+                if window_estimate(prev, curr, frac) >= sc.tpm:
+                    raise LimitExceeded(
+                        f"Rate limit reached for {sc.kind} {self._name(p, sc)}: {sc.tpm} tokens per minute. "
+                        "Slow down or ask an admin for a higher limit.", "rate_limit_exceeded",
+                        seconds_until_room(prev, curr, sc.tpm, 1, frac))
+        taken: list[str] = []
+        for sc in scopes:
+            if not sc.rpm:
+                continue
+            key = f"req:{sc.kind}:{sc.ident}:{win}"
+            curr = await self.counters.add(key, 1)
+            taken.append(key)
+            (prev,) = await self.counters.get([f"req:{sc.kind}:{sc.ident}:{win - 1}"])
+            if window_estimate(prev, curr, frac) > sc.rpm:
+                await asyncio.gather(*(self.counters.add(k, -1) for k in taken))
+                raise LimitExceeded(
+                    f"Rate limit reached for {sc.kind} {self._name(p, sc)}: {sc.rpm} requests per minute. "
+                    "Slow down or ask an admin for a higher limit.", "rate_limit_exceeded",
+                    seconds_until_room(prev, curr - 1, sc.rpm, 1, frac))
+
+    async def add_tokens(self, p: Principal, tokens: int, now: float | None = None) -> None:
+        if tokens <= 0:
+            return
+        now = time.time() if now is None else now
+        win = int(now // WINDOW_S)
+        for sc in _scopes(p):
+            if sc.tpm:
+                await self.counters.add(f"tok:{sc.kind}:{sc.ident}:{win}", tokens)
+
+    @staticmethod
+    def _name(p: Principal, sc: _Scope) -> str:
+        return f"{p.key_prefix}…" if sc.kind == "key" else repr(p.project_name)
+
+
+class BudgetGuard:
+    """Month-to-date spend against monthly budgets. With one process the spend lives in memory, loaded once
+    from the database and kept current by the ledger; with several processes it is read from the database."""
+
+    def __init__(self, ledger: UsageLedger, shared: bool) -> None:
+        self.ledger = ledger
+        self.shared = shared
+        self._spend: dict[tuple[str, int, str], int] = {}
+        self._lock = threading.Lock()
+        if not shared:
+            ledger.on_spend(self._on_spend)
+
+    def _on_spend(self, deltas: dict[tuple[str, int, str], int]) -> None:
+        with self._lock:
+            for k, amount in deltas.items():
+                if k in self._spend:
+                    self._spend[k] += amount
+
+    def _spent(self, scope: str, ident: int, month: str) -> int:
+        k = (scope, ident, month)
+        if self.shared:
+            return self.ledger.spend(scope, ident, month)
+        with self._lock:
+            if k in self._spend:
+                return self._spend[k]
+        value = self.ledger.spend(scope, ident, month)
+        with self._lock:
+            return self._spend.setdefault(k, value)
+
+    async def check(self, p: Principal, now: dt.datetime | None = None) -> None:
+        checks = []
+        if p.key_id is not None and p.budget_nusd is not None:
+            checks.append(("key", p.key_id, p.budget_nusd, f"API key {p.key_prefix}…"))
+        if p.project_budget_nusd is not None:
+            checks.append(("project", p.project_id, p.project_budget_nusd, f"project {p.project_name!r}"))
+        if not checks:
+            return
+        month = month_of(now or dt.datetime.now(dt.UTC))
+        for scope, ident, budget, what in checks:
+            spent = (await asyncio.to_thread(self._spent, scope, ident, month) if self.shared
+                     else self._spent(scope, ident, month))
+            if spent >= budget:
+                raise LimitExceeded(
+                    f"You exceeded your current quota: the {what} has spent ${_usd(spent)} of its "
+                    f"${_usd(budget)} budget for {month}. Raise the budget or wait for next month.",
+                    "insufficient_quota")

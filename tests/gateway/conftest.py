@@ -1,0 +1,50 @@
+"""Gateway tests run on both databases: a fresh SQLite file, and a fresh schema in the local PostgreSQL
+(127.0.0.1:5432, trust auth, database `test`). Set QWENHOST_TEST_PG_URL to use another server."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+PG_BASE = os.environ.get("QWENHOST_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _pg_schema_url() -> Iterator[str]:
+    schema = "qh_" + secrets.token_hex(6)
+    admin = create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:  # a machine without the PostgreSQL this project's CI provides
+        admin.dispose()
+        pytest.fail(f"PostgreSQL at {PG_BASE} is not usable: {exc}")
+    try:
+        yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL to an empty database of each kind."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'gateway.db'}"
+    else:
+        yield from _pg_schema_url()
+
+
+@pytest.fixture()
+def gateway(db_url: str):  # type: ignore[no-untyped-def]
+    from qwenhost.gateway.db import Database
+    from qwenhost.gateway.service import Gateway
+
+    gw = Gateway(Database(db_url))
+    yield gw
+    gw.close()
