@@ -74,12 +74,20 @@ class SlotTable:
         cap = len(prompt) - 1  # at least one token must be computed to get logits
         best_idle, best_idle_len = None, -1
         best_any, best_any_len = None, -1
+        best_soon, best_soon_len = None, 0
         for s in self.slots:
             n = min(common_prefix_len(s.resident(), prompt), cap)
             if s.owner is None and n > best_idle_len:
                 best_idle, best_idle_len = s, n
             if n > best_any_len:
                 best_any, best_any_len = s, n
+            if s.owner is not None and s.owner.n_past < s.owner.prompt_len:
+                # Still prefilling: what it will have computed once its prompt is in.
+                m = min(common_prefix_len(s.owner.tokens[: s.owner.prompt_len], prompt), cap)
+                if m > best_soon_len:
+                    best_soon, best_soon_len = s, m
+        pending = (self.share_prefixes and best_soon is not None and best_soon_len >= MIN_SHARED_PREFIX
+                   and best_soon_len > max(best_any_len, best_idle_len) + MIN_SHARED_PREFIX)
         use_copy = (
             self.share_prefixes
             and best_any is not None
@@ -99,7 +107,13 @@ class SlotTable:
             if dst is None:
                 dst = min(free, key=lambda s: s.last_used)
             reuse = max(best_idle_len, 0) if dst is best_idle else 0
-        need = len(prompt) - (best_any_len if use_copy else reuse) + 1
+        if pending:  # copy later (resolve_share), from a slot that is computing it now
+            use_copy = False
+            dst = min((s for s in free if not s.tokens), default=None, key=lambda s: s.index)
+            if dst is None:
+                dst = min(free, key=lambda s: s.last_used)
+            reuse = 0
+        need = len(prompt) - (best_soon_len if pending else best_any_len if use_copy else reuse) + 1
         if not self.fits(need):
             self.evict_idle(need, keep=dst if reuse else None)
             if not self.fits(need) and self.active() > 0:
@@ -116,8 +130,30 @@ class SlotTable:
         dst.owner = seq
         seq.slot = dst.index
         seq.n_past = reuse
+        if pending:
+            assert best_soon is not None
+            seq.share_src, seq.share_len = best_soon.index, best_soon_len
         if not seq.generated:  # a preempted sequence keeps the cache hit it reported first
             seq.n_cached = reuse
+        return True
+
+    def resolve_share(self, seq: Sequence) -> bool:
+        """For a sequence waiting on a prefix another slot is computing: copy it once it is there.
+        True when the sequence may prefill now (copied, or the source went away), False to wait a step."""
+        if seq.share_src < 0:
+            return True
+        src = self.slots[seq.share_src]
+        have = min(common_prefix_len(src.resident(), seq.tokens), seq.share_len)
+        still_coming = src.owner is not None and src.owner.n_past < src.owner.prompt_len and have < seq.share_len
+        if still_coming:
+            return False
+        seq.share_src, seq.share_len = -1, 0
+        if have >= MIN_SHARED_PREFIX and have > seq.n_past:
+            self.runner.seq_rm(seq.slot)
+            self.runner.seq_cp(src.index, seq.slot, 0, have)
+            seq.n_past = have
+            if not seq.generated:
+                seq.n_cached = have
         return True
 
     def release(self, seq: Sequence, keep: bool = True) -> None:

@@ -145,6 +145,10 @@ class Scheduler:
         for seq in self.running:
             if seq.state != SeqState.PREFILLING or budget <= 0:
                 continue
+            copied_before = seq.n_cached
+            if not self.slots.resolve_share(seq):
+                continue
+            self.metrics.cached_tokens.inc(seq.n_cached - copied_before)
             k = min(seq.remaining_prefill, budget)
             done = k == seq.remaining_prefill
             chunk = seq.tokens[seq.n_past: seq.n_past + k]

@@ -98,6 +98,10 @@ class Sequence:
         self.tokens: list[int] = list(req.prompt_tokens)  # what the KV of this sequence must hold
         self.n_past = 0  # tokens of self.tokens already in the KV
         self.n_cached = 0  # prompt tokens reused from the cache at admission
+        # A prefix another sequence is computing right now: wait for it and copy it instead of computing it
+        # again (requests that arrive together with one system prompt compute it once).
+        self.share_src = -1  # slot index
+        self.share_len = 0
         self.generated: list[int] = []
         self.cancelled = False
         self.finish_reason: str | None = None

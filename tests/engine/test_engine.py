@@ -122,3 +122,29 @@ def test_cancel_frees_the_slot(engine):
 
     assert asyncio.run(cancel_midway())
     assert engine.scheduler.slots.active() == 0
+
+
+def test_requests_arriving_together_compute_a_shared_system_prompt_once(engine):
+    """16 users with one long system prompt arrive at once: the first computes it, the others copy it as soon
+    as it is in the cache (instead of each prefilling it again), and their answers are what they would be
+    alone."""
+    system = "You are the support assistant of Example Corp. " + " ".join(
+        f"Rule {i}: answer politely, cite the manual section {i}, and never promise refunds." for i in range(20))
+    users = ["How do I reset my password?", "Where is my order?", "Can I change my plan?", "Is there an app?"]
+    reqs = [GenerationRequest(chat_prompt(engine, u, system), 8, GREEDY) for u in users]
+    shared = common_prefix_len(reqs[0].prompt_tokens, reqs[1].prompt_tokens)
+    assert shared > 200  # the test means something only with a long shared prefix
+    computed_before = engine.metrics.prompt_tokens._value.get()
+
+    async def together():
+        return await asyncio.gather(*(run(engine, r) for r in reqs))
+
+    outs = asyncio.run(together())
+    computed = engine.metrics.prompt_tokens._value.get() - computed_before
+    cached = sorted(o[3] for o in outs)
+    # Exactly one of them computed the shared prefix; the others copied it.
+    assert sum(1 for c in cached if c < shared - 8) == 1, cached
+    assert computed < shared + sum(len(r.prompt_tokens) - shared for r in reqs) + 16, computed
+    for r, o in zip(reqs, outs, strict=True):
+        solo = asyncio.run(run(engine, r))
+        assert o[0] == solo[0]
