@@ -36,6 +36,14 @@ class SchedulerConfig:
     itl_target_s: float = 1.0
 
 
+def prefill_order(seqs: list[Sequence], now: float, sec_per_token: float | None) -> list[Sequence]:
+    """Shortest remaining prompt first, with aging: a prompt that has waited W seconds counts as W seconds of
+    work shorter. Short prompts get their first token quickly instead of queueing behind a long document
+    (which lowers the median time to first token), and no prompt waits forever behind a stream of short ones."""
+    rate = sec_per_token if sec_per_token else 1.0 / 60
+    return sorted(seqs, key=lambda s: (s.remaining_prefill * rate - (now - s.created), s.id))
+
+
 class Scheduler:
     def __init__(self, runner: ModelRunner, cfg: SchedulerConfig, metrics: EngineMetrics) -> None:
         self.runner = runner
@@ -142,9 +150,10 @@ class Scheduler:
                 entries.append((seq, idx, 1))
         budget = min(self._prefill_budget(batch.n), batch.capacity - batch.n)
         n_prompt = 0
-        for seq in self.running:
-            if seq.state != SeqState.PREFILLING or budget <= 0:
-                continue
+        for seq in prefill_order([s for s in self.running if s.state == SeqState.PREFILLING], time.monotonic(),
+                                 self._sec_per_token):
+            if budget <= 0:
+                break
             copied_before = seq.n_cached
             if not self.slots.resolve_share(seq):
                 continue
