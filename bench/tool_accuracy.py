@@ -40,10 +40,8 @@ import concurrent.futures as cf
 import json
 import math
 import re
-import socket
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from collections.abc import Callable
@@ -53,10 +51,12 @@ from typing import Any
 import httpx
 from openai import OpenAI
 
+from qwenhost.bench.peers import build_llama_server, free_port, pinned_llama_cpp_python
+
 ROOT = Path(__file__).resolve().parent.parent
 CATEGORIES = ("single", "choose", "parallel", "none")
 SERVERS = ("qwenhost", "llama-server")
-LLAMA_CPP_PYTHON = "0.3.36"
+LLAMA_CPP_PYTHON = pinned_llama_cpp_python()
 
 
 # ---------------------------------------------------------------- scoring
@@ -148,39 +148,6 @@ def score(case: dict[str, Any], out: dict[str, Any]) -> bool:
 
 
 # ---------------------------------------------------------------- servers
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run_logged(cmd: list[str], log: Path, cwd: Path | None = None) -> None:
-    print("+", " ".join(cmd), f"  (log: {log})", flush=True)
-    with log.open("a") as f:
-        subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, check=True)
-
-
-def build_llama_server(version: str, cache: Path) -> Path:
-    """Build llama-server from the llama.cpp vendored in the llama-cpp-python sdist; reuse a cached build."""
-    binary = cache / "build" / "bin" / "llama-server"
-    if binary.is_file():
-        return binary
-    cache.mkdir(parents=True, exist_ok=True)
-    src = cache / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
-    if not (src / "CMakeLists.txt").is_file():
-        _run_logged([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                     f"llama-cpp-python=={version}", "-d", str(cache)], cache / "download.log")
-        with tarfile.open(cache / f"llama_cpp_python-{version}.tar.gz") as tar:
-            tar.extractall(cache, filter="data")
-    # No network at build time: no curl/OpenSSL, no web UI download, no tests or examples.
-    _run_logged(["cmake", "-S", str(src), "-B", str(cache / "build"), "-DCMAKE_BUILD_TYPE=Release",
-                 "-DLLAMA_BUILD_SERVER=ON", "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
-                 "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-                 "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF"], cache / "configure.log")
-    _run_logged(["cmake", "--build", str(cache / "build"), "--target", "llama-server", "-j2"], cache / "build.log")
-    return binary
-
 
 def server_command(which: str, model: str, model_path: Path, binary: Path | None, port: int,
                    parallel: int, threads: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""The `qwenhost` command: serve, chat, models, and the gateway admin (projects, keys, prices, usage, audit)."""
+"""The `qwenhost` command: serve, chat, models, bench, and the gateway admin (projects, keys, prices, usage, audit)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def _register_subcommands() -> None:
     from qwenhost.cli.admin import keys_app, projects_app
     from qwenhost.cli.admin_prices import prices_app
     from qwenhost.cli.admin_usage import audit_list, usage
+    from qwenhost.cli.bench import bench
     from qwenhost.cli.chat import chat
     from qwenhost.cli.models import models_app
 
@@ -30,6 +31,8 @@ def _register_subcommands() -> None:
     app.add_typer(prices_app, name="prices", help="Model prices per million tokens, and local hardware costs.")
     app.command("usage", help="Requests, tokens and cost from the ledger (table or --csv).")(usage)
     app.command("audit", help="Recent admin actions and failed authentications.")(audit_list)
+    app.command("bench", help="Throughput and latency side by side with llama-server (same model, machine, "
+                              "threads); ratios and targets.")(bench)
 
 
 def model_aliases(ref: str, path_stem: str) -> list[str]:

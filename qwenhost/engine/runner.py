@@ -155,6 +155,7 @@ class ModelRunner:
         self.eos = L.llama_vocab_eos(self.vocab)
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
+        self._eog_all: list[int] | None = None
         self._piece_buf = ctypes.create_string_buffer(256)
         self.model_size_bytes = L.llama_model_size(model)
         self.n_params = L.llama_model_n_params(model)
@@ -220,6 +221,12 @@ class ModelRunner:
             v = bool(L.llama_vocab_is_eog(self.vocab, token))
             self._eog[token] = v
         return v
+
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token of the vocabulary (EOS, EOT, <|im_end|>, <|endoftext|>, ...)."""
+        if self._eog_all is None:
+            self._eog_all = [t for t in range(self.n_vocab) if L.llama_vocab_is_eog(self.vocab, t)]
+        return self._eog_all
 
     def single_token(self, text: str) -> int | None:
         toks = self.tokenize(text, parse_special=True)

@@ -7,6 +7,7 @@ running streams for long. Requests join and leave between steps.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -118,7 +119,11 @@ class Scheduler:
                 seq = self.waiting[0]
             if seq.sampler is None:
                 try:
-                    seq.sampler = TokenSampler(self.runner, seq.req.sampling, seq.req.grammar)
+                    params = seq.req.sampling
+                    if seq.req.ignore_eos:  # as llama.cpp does: end tokens are banned, not generated past
+                        bias = {**params.logit_bias, **dict.fromkeys(self.runner.eog_tokens(), float("-inf"))}
+                        params = dataclasses.replace(params, logit_bias=bias)
+                    seq.sampler = TokenSampler(self.runner, params, seq.req.grammar)
                     seq.sampler.grammar_enabled = not seq.in_think
                 except GrammarError as exc:
                     with self._cv:

@@ -77,6 +77,8 @@ def test_max_tokens_and_ignore_eos(engine):
     text, reason, n, _ = asyncio.run(run(engine, GenerationRequest(
         chat_prompt(engine, "Say hi."), 40, GREEDY, ignore_eos=True)))
     assert reason == "length" and n == 40
+    # End tokens are banned rather than generated past (as llama.cpp's ignore_eos does).
+    assert "<|im_end|>" not in text and "<|endoftext|>" not in text, text
 
 
 def test_thinking_budget_closes_reasoning(engine):
