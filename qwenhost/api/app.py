@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from contextlib import asynccontextmanager
 
@@ -22,7 +23,7 @@ class _GuardAndCount:
 
     Plain ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware passes every response
     through a memory stream and extra tasks, which cost about 0.2 ms of CPU per request and more per SSE chunk
-    (bench/gateway_overhead.py; a third of the streamed requests' CPU on the echo backend)."""
+    (bench/gateway_overhead.py: about half of a streamed request's CPU on the echo backend)."""
 
     def __init__(self, app: ASGIApp, state: ServerState, requests_total: Counter) -> None:
         self.app, self.state, self.requests_total = app, state, requests_total
@@ -61,6 +62,11 @@ class _GuardAndCount:
 def create_app(state: ServerState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        # What exists at start-up (modules, the app, SQLAlchemy's and pydantic's machinery) lives as long as the
+        # process; frozen, full collections stop walking it. Unfrozen, each took ~60 ms, more than once a second
+        # under load: the server's worst pauses (bench/gateway_overhead.py).
+        gc.collect()
+        gc.freeze()
         yield
         state.gateway.ledger.close()  # rows still queued are committed before the process exits
 

@@ -84,20 +84,28 @@ class DatabaseCounters:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._last_sweep = 0.0
-
-    def _add(self, key: str, amount: int) -> int:
-        if self.db.is_sqlite:
+        if db.is_sqlite:
             from sqlalchemy.dialects.sqlite import insert
         else:
             from sqlalchemy.dialects.postgresql import insert
-        from sqlalchemy import delete
+        # Built once, values bound per call: building the statement cost more CPU than running it (two UPSERTs
+        # a request: 0.6 of the 2.8 ms of CPU a request took on PostgreSQL, bench/gateway_overhead.py).
+        ins = insert(LimitCounter)
+        self._upsert = (ins.on_conflict_do_update(index_elements=["key"],
+                                                  set_={"value": LimitCounter.value + ins.excluded.value})
+                        .returning(LimitCounter.value))
+
+    def _add(self, key: str, amount: int) -> int:
+        from sqlalchemy import delete, text
 
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        ins = insert(LimitCounter).values(key=key, value=amount, expires_at=now + dt.timedelta(seconds=BUCKET_TTL_S))
-        stmt = ins.on_conflict_do_update(index_elements=["key"],
-                                         set_={"value": LimitCounter.value + ins.excluded.value})
         with self.db.engine.begin() as conn:
-            value = conn.execute(stmt.returning(LimitCounter.value)).scalar_one()
+            if not self.db.is_sqlite:
+                # A rate-limit counter need not survive a database crash (it is a bucket of the last minutes), so
+                # its commit does not wait for the WAL flush, which took milliseconds of every request's latency.
+                conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
+            value = conn.execute(self._upsert, {"key": key, "value": amount,
+                                                "expires_at": now + dt.timedelta(seconds=BUCKET_TTL_S)}).scalar_one()
             if time.monotonic() - self._last_sweep > 60:
                 self._last_sweep = time.monotonic()
                 conn.execute(delete(LimitCounter).where(LimitCounter.expires_at < now))
