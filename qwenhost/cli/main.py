@@ -44,6 +44,24 @@ def model_aliases(ref: str, path_stem: str) -> list[str]:
     return sorted(n for n in names if n)
 
 
+def parse_itl_target(value: str) -> tuple[float | None, float]:
+    """'2.8x' -> (None, 2.8): a multiple of a decode-only step; '1.0' -> (1.0, default ratio): seconds."""
+    v = value.strip().lower()
+    try:
+        if v.endswith("x"):
+            ratio = float(v[:-1])
+            if ratio < 1.2:
+                raise ValueError
+            return None, ratio
+        seconds = float(v)
+        if seconds < 0.05:
+            raise ValueError
+        return seconds, 2.8
+    except ValueError:
+        raise ValueError(f"--itl-target must be a multiple like 2.8x (at least 1.2x) or seconds like 1.0 "
+                         f"(at least 0.05); got {value!r}") from None
+
+
 @app.command()
 def serve(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
@@ -55,8 +73,9 @@ def serve(
     ctx_size: int = typer.Option(32768, min=256, help="KV cache tokens shared by all sequences"),
     threads: int = typer.Option(0, min=0, help="Compute threads (0 = physical cores)"),
     prefill_chunk: int = typer.Option(512, min=16, help="Most prompt tokens computed per step"),
-    itl_target: float = typer.Option(1.0, min=0.05, help="Seconds per step to aim for while streams decode "
-                                                          "(bounds how long a long prompt pauses them)"),
+    itl_target: str = typer.Option("2.8x", help="How long a step may take while streams decode: a multiple of a "
+                                               "decode-only step (2.8x) or seconds (1.0); bounds how long a long "
+                                               "prompt pauses them"),
     max_queue: int = typer.Option(64, min=1, help="Waiting requests before answering 429"),
     chat_template: Path | None = typer.Option(None, help="Jinja chat template file to use instead of the GGUF's",
                                               exists=True, dir_okay=False, readable=True),
@@ -76,7 +95,12 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
-        gateway = Gateway.from_env()
+        itl_s, itl_ratio = parse_itl_target(itl_target)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    try:
+        gateway = Gateway.from_env(serving=True)
     except (DatabaseError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -101,7 +125,7 @@ def serve(
         try:
             engine = Engine(EngineConfig(model_path=path, ctx_size=ctx_size, parallel=parallel, threads=threads,
                                          prefill_chunk=prefill_chunk, max_queue=max_queue,
-                                         itl_target_s=itl_target),
+                                         itl_target_s=itl_s, itl_target_ratio=itl_ratio),
                             registry=state.registry)
             backend = LocalBackend(engine, model_id=model, aliases=model_aliases(model, path.stem),
                                    chat_template=template_text)

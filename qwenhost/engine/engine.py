@@ -15,6 +15,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from qwenhost.engine.metrics import EngineMetrics
+from qwenhost.engine.outbox import Outbox
 from qwenhost.engine.runner import ModelRunner, RunnerConfig
 from qwenhost.engine.sampling import SamplingParams
 from qwenhost.engine.scheduler import Scheduler, SchedulerConfig
@@ -35,7 +36,8 @@ class EngineConfig:
     parallel: int = 8
     threads: int = 0
     prefill_chunk: int = 512
-    itl_target_s: float = 1.0
+    itl_target_s: float | None = None  # seconds; None = itl_target_ratio x a decode-only step
+    itl_target_ratio: float = 2.8
     max_queue: int = 64
     n_batch: int = 2048
     n_ubatch: int = 512
@@ -61,11 +63,13 @@ class Engine:
         self.model_name = self.runner.meta("general.name") or cfg.model_path.stem
         self.bos_text = self._token_text("tokenizer.ggml.bos_token_id")
         self.eos_text = self._token_text("tokenizer.ggml.eos_token_id")
+        self.outbox = Outbox()
         self.scheduler = Scheduler(
             self.runner,
             SchedulerConfig(parallel=cfg.parallel, prefill_chunk=cfg.prefill_chunk, max_queue=cfg.max_queue,
-                            itl_target_s=cfg.itl_target_s),
+                            itl_target_s=cfg.itl_target_s, itl_target_ratio=cfg.itl_target_ratio),
             self.metrics,
+            after_step=self.outbox.flush,
         )
         self.scheduler.start()
 
@@ -123,10 +127,10 @@ class Engine:
         queue: asyncio.Queue[StepOutput] = asyncio.Queue()
 
         def emit(out: StepOutput) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, out)
-            except RuntimeError:  # the caller's loop is gone; the sequence is cancelled below
+            if loop.is_closed():  # the caller's loop is gone; the sequence is cancelled below
                 seq.cancelled = True
+                return
+            self.outbox.post(loop, queue.put_nowait, out)
 
         seq = Sequence(req, emit)
         self.scheduler.submit(seq)

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from qwenhost.engine.kv_cache import SlotTable
@@ -33,8 +34,49 @@ class SchedulerConfig:
     prefill_chunk: int = 512  # most prompt tokens per step (when nobody is decoding)
     max_queue: int = 64
     # While streams are decoding, a step's prompt tokens are limited so the step takes about this long:
-    # a colleague's long document costs running streams a bounded pause per token, not a freeze.
-    itl_target_s: float = 1.0
+    # a colleague's long document costs running streams a bounded pause per token, not a freeze. Either a
+    # multiple of the measured decode-only step (the default: ITL stays within 2.8x of undisturbed, on any
+    # machine and model) or, when itl_target_s is set, that many seconds.
+    itl_target_s: float | None = None
+    itl_target_ratio: float = 2.8
+
+
+BURST_S = 1.0  # requests arriving within this long of each other count as one burst (see step)
+PREFILL_FLOOR = 8  # prompt tokens a step always takes, so a long prompt progresses however busy decoding is
+
+
+@dataclass
+class StepCosts:
+    """What steps cost, measured as they run (EMAs): how many prompt tokens fit the ITL target."""
+
+    sec_per_token: float | None = None  # an average batch token
+    decode_step_s: float | None = None  # a step with only decode tokens
+    sec_per_prompt_token: float | None = None  # what one prompt token adds to a decode step
+
+    @staticmethod
+    def _ema(old: float | None, new: float) -> float:
+        return new if old is None else 0.7 * old + 0.3 * new
+
+    def learn(self, dt: float, n_batch: int, n_prompt: int) -> None:
+        if n_prompt == 0:
+            self.decode_step_s = self._ema(self.decode_step_s, dt)
+            return
+        self.sec_per_token = self._ema(self.sec_per_token, dt / n_batch)
+        if n_batch > n_prompt and self.decode_step_s is not None and dt > self.decode_step_s:
+            self.sec_per_prompt_token = self._ema(self.sec_per_prompt_token, (dt - self.decode_step_s) / n_prompt)
+
+    def prefill_budget(self, n_decoding: int, cfg: SchedulerConfig) -> int:
+        """Prompt tokens for a step: all we may when nobody waits on tokens, else what keeps the step within
+        the ITL target (a multiple of a decode-only step, or seconds)."""
+        if n_decoding == 0 or self.sec_per_token is None:
+            return cfg.prefill_chunk
+        if self.decode_step_s is None or self.sec_per_prompt_token is None:
+            # Not measured yet: the average batch token's cost against the target (or 1 s).
+            fit = int((cfg.itl_target_s or 1.0) / self.sec_per_token) - n_decoding
+        else:
+            target = cfg.itl_target_s or cfg.itl_target_ratio * self.decode_step_s
+            fit = int((target - self.decode_step_s) / self.sec_per_prompt_token)
+        return max(PREFILL_FLOOR, min(cfg.prefill_chunk, fit))
 
 
 def prefill_order(seqs: list[Sequence], now: float, sec_per_token: float | None) -> list[Sequence]:
@@ -46,8 +88,10 @@ def prefill_order(seqs: list[Sequence], now: float, sec_per_token: float | None)
 
 
 class Scheduler:
-    def __init__(self, runner: ModelRunner, cfg: SchedulerConfig, metrics: EngineMetrics) -> None:
+    def __init__(self, runner: ModelRunner, cfg: SchedulerConfig, metrics: EngineMetrics,
+                 after_step: Callable[[], None] | None = None) -> None:
         self.runner = runner
+        self.after_step = after_step or (lambda: None)  # delivers the step's outputs (Engine's Outbox)
         self.cfg = cfg
         self.metrics = metrics
         self.slots = SlotTable(runner, runner.cfg.n_seq_max)
@@ -57,7 +101,7 @@ class Scheduler:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._budget_close = runner.tokenize(BUDGET_CLOSE_TEXT, parse_special=True)
-        self._sec_per_token: float | None = None  # measured cost of one batch token (EMA)
+        self.costs = StepCosts()
 
     # -- called from other threads ------------------------------------------------------------
     def submit(self, seq: Sequence) -> None:
@@ -98,8 +142,10 @@ class Scheduler:
                 log.exception("engine step failed")
                 for seq in list(self.running):
                     self._finish(seq, "error", error=f"engine error: {exc}", keep=False)
+            self.after_step()
         for seq in list(self.running) + list(self.waiting):
             self._finish(seq, "cancelled", keep=False)
+        self.after_step()
 
     def _drop_cancelled(self) -> None:
         with self._cv:
@@ -153,12 +199,20 @@ class Scheduler:
             if seq.state == SeqState.DECODING:
                 idx = batch.add([seq.tokens[seq.n_past]], seq.n_past, seq.slot, True)
                 entries.append((seq, idx, 1))
-        budget = min(self._prefill_budget(batch.n), batch.capacity - batch.n)
+        total = min(self.cfg.prefill_chunk, batch.capacity - batch.n)
+        limited = min(self._prefill_budget(batch.n), total)
+        # The ITL target protects streams from prompts that arrived after them; prompts that came with them (a
+        # burst) are computed in full chunks, which is what finishes a burst soonest.
+        oldest_stream = min((s.created for s in self.running if s.state == SeqState.DECODING), default=None)
         n_prompt = 0
         for seq in prefill_order([s for s in self.running if s.state == SeqState.PREFILLING], time.monotonic(),
-                                 self._sec_per_token):
+                                 self.costs.sec_per_token):
+            protected = oldest_stream is not None and seq.created > oldest_stream + BURST_S
+            budget = min(total, limited) if protected else total
             if budget <= 0:
-                break
+                if total <= 0:
+                    break
+                continue
             copied_before = seq.n_cached
             if not self.slots.resolve_share(seq):
                 continue
@@ -168,7 +222,8 @@ class Scheduler:
             chunk = seq.tokens[seq.n_past: seq.n_past + k]
             idx = batch.add(chunk, seq.n_past, seq.slot, done)
             entries.append((seq, idx if done else -1, k))
-            budget -= k
+            total -= k
+            limited -= k
             n_prompt += k
         if not entries:
             return
@@ -180,10 +235,7 @@ class Scheduler:
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
         self.metrics.prompt_tokens.inc(n_prompt)
-        if n_prompt:
-            cost = (time.perf_counter() - t0) / batch.n
-            ema = self._sec_per_token
-            self._sec_per_token = cost if ema is None else 0.7 * ema + 0.3 * cost
+        self.costs.learn(time.perf_counter() - t0, batch.n, n_prompt)
         now = time.monotonic()
         for seq, idx, k in entries:
             seq.n_past += k
@@ -191,11 +243,7 @@ class Scheduler:
                 self._next_token(seq, idx, now)
 
     def _prefill_budget(self, n_decoding: int) -> int:
-        """Prompt tokens for this step: all we may when nobody waits on tokens, else what fits the ITL target."""
-        if n_decoding == 0 or self._sec_per_token is None:
-            return self.cfg.prefill_chunk
-        fit = int(self.cfg.itl_target_s / self._sec_per_token) - n_decoding
-        return max(32, min(self.cfg.prefill_chunk, fit))
+        return self.costs.prefill_budget(n_decoding, self.cfg)
 
     def _relieve_memory(self) -> None:
         """No KV cells left for this batch: drop idle caches, else preempt the newest sequence."""

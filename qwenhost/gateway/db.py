@@ -47,8 +47,17 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.close()
 
 
+def _no_autocheckpoint(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA wal_autocheckpoint=0")
+    cur.close()
+
+
+CHECKPOINT_INTERVAL_S = 1.0
+
+
 class Database:
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, background_checkpoint: bool = False) -> None:
         self.url = _normalize(url or database_url())
         try:
             parsed = make_url(self.url)
@@ -57,6 +66,7 @@ class Database:
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self._closed = threading.Event()
         kwargs: dict = {"pool_pre_ping": not self.is_sqlite}
         if not self.is_sqlite:
             kwargs.update(pool_size=8, max_overflow=8)
@@ -66,9 +76,25 @@ class Database:
             raise DatabaseError(f"cannot use database {parsed.render_as_string(hide_password=True)}: {exc}") from exc
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            if background_checkpoint:
+                # A checkpoint inside a ledger commit made that commit wait for a disk flush (the server's p99
+                # latency); the server's connections leave it to a background thread instead. Other processes
+                # (the CLI) keep SQLite's automatic checkpoints.
+                event.listen(self.engine, "connect", _no_autocheckpoint)
+                threading.Thread(target=self._checkpoint_loop, name="qwenhost-wal-checkpoint", daemon=True).start()
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._migrated = False
         self._lock = threading.Lock()
+
+    def _checkpoint_loop(self) -> None:
+        from sqlalchemy import text
+
+        while not self._closed.wait(CHECKPOINT_INTERVAL_S):
+            try:
+                with self.engine.connect() as conn:
+                    conn.execute(text("PRAGMA wal_checkpoint(PASSIVE)"))
+            except Exception:  # a locked or closing database: try again next time
+                pass
 
     @property
     def display_url(self) -> str:
@@ -116,4 +142,5 @@ class Database:
         return self.sessions()
 
     def close(self) -> None:
+        self._closed.set()
         self.engine.dispose()

@@ -22,6 +22,7 @@ from qwenhost.gateway.ledger import UsageLedger, month_of
 from qwenhost.gateway.prices import nano_to_usd
 
 WINDOW_S = 60
+SHARED_SPEND_TTL_S = 1.0
 
 
 def _usd(nusd: int) -> str:
@@ -79,10 +80,17 @@ class RateLimiter:
             return
         now = time.time() if now is None else now
         win, frac = int(now // WINDOW_S), (now % WINDOW_S) / WINDOW_S
+        # Everything this admission reads, in one round trip to the counter store.
+        reads: list[str] = []
         for sc in scopes:
             if sc.tpm:
-                prev, curr = await self.counters.get([f"tok:{sc.kind}:{sc.ident}:{win - 1}",
-                                                      f"tok:{sc.kind}:{sc.ident}:{win}"])
+                reads += [f"tok:{sc.kind}:{sc.ident}:{win - 1}", f"tok:{sc.kind}:{sc.ident}:{win}"]
+            if sc.rpm:
+                reads.append(f"req:{sc.kind}:{sc.ident}:{win - 1}")
+        values = dict(zip(reads, await self.counters.get(reads), strict=True)) if reads else {}
+        for sc in scopes:
+            if sc.tpm:
+                prev, curr = values[f"tok:{sc.kind}:{sc.ident}:{win - 1}"], values[f"tok:{sc.kind}:{sc.ident}:{win}"]
                 if window_estimate(prev, curr, frac) >= sc.tpm:
                     raise LimitExceeded(
                         f"Rate limit reached for {sc.kind} {self._name(p, sc)}: {sc.tpm} tokens per minute. "
@@ -95,7 +103,7 @@ class RateLimiter:
             key = f"req:{sc.kind}:{sc.ident}:{win}"
             curr = await self.counters.add(key, 1)
             taken.append(key)
-            (prev,) = await self.counters.get([f"req:{sc.kind}:{sc.ident}:{win - 1}"])
+            prev = values[f"req:{sc.kind}:{sc.ident}:{win - 1}"]
             if window_estimate(prev, curr, frac) > sc.rpm:
                 await asyncio.gather(*(self.counters.add(k, -1) for k in taken))
                 raise LimitExceeded(
@@ -125,9 +133,9 @@ class BudgetGuard:
         self.ledger = ledger
         self.shared = shared
         self._spend: dict[tuple[str, int, str], int] = {}
+        self._read_at: dict[tuple[str, int, str], float] = {}
         self._lock = threading.Lock()
-        if not shared:
-            ledger.on_spend(self._on_spend)
+        ledger.on_spend(self._on_spend)
 
     def _on_spend(self, deltas: dict[tuple[str, int, str], int]) -> None:
         with self._lock:
@@ -138,13 +146,26 @@ class BudgetGuard:
     def _spent(self, scope: str, ident: int, month: str) -> int:
         k = (scope, ident, month)
         if self.shared:
-            return self.ledger.spend(scope, ident, month)
+            # Other processes spend too: re-read at most every SHARED_SPEND_TTL_S (a database round trip on
+            # every request cost more than the rest of admission); this process's own spend is added as it
+            # happens, so a budget is overshot by at most what the other processes spent in that second.
+            now = time.monotonic()
+            with self._lock:
+                if k in self._spend and now - self._read_at.get(k, -1e9) < SHARED_SPEND_TTL_S:
+                    return self._spend[k]
+            value = self.ledger.spend(scope, ident, month)
+            with self._lock:
+                self._spend[k], self._read_at[k] = value, now
+            return value
         with self._lock:
             if k in self._spend:
                 return self._spend[k]
         value = self.ledger.spend(scope, ident, month)
         with self._lock:
             return self._spend.setdefault(k, value)
+
+    def _fresh(self, k: tuple[str, int, str]) -> bool:
+        return k in self._spend and time.monotonic() - self._read_at.get(k, -1e9) < SHARED_SPEND_TTL_S
 
     async def check(self, p: Principal, now: dt.datetime | None = None) -> None:
         checks = []
@@ -157,7 +178,7 @@ class BudgetGuard:
         month = month_of(now or dt.datetime.now(dt.UTC))
         for scope, ident, budget, what in checks:
             spent = (await asyncio.to_thread(self._spent, scope, ident, month) if self.shared
-                     else self._spent(scope, ident, month))
+                     and not self._fresh((scope, ident, month)) else self._spent(scope, ident, month))
             if spent >= budget:
                 raise LimitExceeded(
                     f"You exceeded your current quota: the {what} has spent ${_usd(spent)} of its "

@@ -76,10 +76,12 @@ class Gateway:
         self.auth_required = True
         self._keys_checked = 0.0
         self._anonymous: Principal | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     @classmethod
-    def from_env(cls) -> Gateway:
-        return cls(Database(), redis_url=os.environ.get(REDIS_URL_ENV) or None,
+    def from_env(cls, *, serving: bool = False) -> Gateway:
+        """The gateway configured by the environment; ``serving`` for the long-running server process."""
+        return cls(Database(background_checkpoint=serving), redis_url=os.environ.get(REDIS_URL_ENV) or None,
                    limits_mode=os.environ.get(LIMITS_ENV) or None)
 
     def configure_auth(self, host: str) -> str:
@@ -151,7 +153,8 @@ class Gateway:
         entry = self._entry(p, s, prompt_tokens=prompt_tokens, cached_tokens=cached_tokens,
                             completion_tokens=completion_tokens, status=status)
         await self.ledger.record(entry)
-        await self._count_tokens(p, prompt_tokens + completion_tokens)
+        if p.tpm or p.project_tpm:  # off the response's path: the next admission reads it, not this response
+            self._background(self._count_tokens(p, prompt_tokens + completion_tokens))
         return entry
 
     def settle_nowait(self, p: Principal, s: Settlement, *, prompt_tokens: int, cached_tokens: int,
@@ -161,8 +164,13 @@ class Gateway:
                             completion_tokens=completion_tokens, status=status)
         self.ledger.enqueue(entry)
         if p.tpm or p.project_tpm:
-            asyncio.get_running_loop().create_task(self._count_tokens(p, prompt_tokens + completion_tokens))
+            self._background(self._count_tokens(p, prompt_tokens + completion_tokens))
         return entry
+
+    def _background(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
 
     async def _count_tokens(self, p: Principal, tokens: int) -> None:
         try:

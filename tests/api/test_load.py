@@ -64,14 +64,20 @@ def test_full_queue_answers_429(small_model_path):
         def long_request(_: int) -> int:
             try:
                 client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Go on."}],
-                                               max_tokens=32, extra_body={"ignore_eos": True})
+                                               max_tokens=256, extra_body={"ignore_eos": True})
                 return 200
             except openai.RateLimitError as exc:
                 assert exc.response.headers.get("retry-after")
                 return 429
 
         with cf.ThreadPoolExecutor(4) as pool:
-            codes = list(pool.map(long_request, range(4)))
-        assert codes.count(429) >= 1 and codes.count(200) >= 2, codes
+            first = pool.submit(long_request, 0)
+            # Once the first runs, the queue (1) holds one more; of three sent together, two are refused.
+            deadline = time.monotonic() + 30
+            while srv.metric("qwenhost_running_sequences") < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            rest = list(pool.map(long_request, range(3)))
+            codes = [first.result(), *rest]
+        assert codes.count(429) == 2 and codes.count(200) == 2, codes
     finally:
         srv.stop()

@@ -36,3 +36,20 @@ def test_a_long_wait_overtakes_short_newcomers() -> None:
 def test_ties_keep_arrival_order() -> None:
     first, second = seq(200, 5.0), seq(200, 5.0)
     assert prefill_order([second, first], now=5.0, sec_per_token=None) == [first, second]
+
+
+def test_prefill_budget_keeps_steps_within_a_multiple_of_a_decode_step() -> None:
+    from qwenhost.engine.scheduler import PREFILL_FLOOR, SchedulerConfig, StepCosts
+
+    costs, cfg = StepCosts(), SchedulerConfig(prefill_chunk=512, itl_target_ratio=2.8)
+    assert costs.prefill_budget(0, cfg) == 512  # nobody decoding: full chunks
+    costs.learn(0.30, 100, 92)  # a first mixed step: nothing known about pure decode yet
+    assert costs.prefill_budget(8, cfg) == int(1.0 / 0.003) - 8  # 1 s against the average token
+    costs.learn(0.14, 8, 0)  # decode-only steps of 8 streams take 0.14 s
+    costs.learn(0.14 + 20 * 0.011, 28, 20)  # 20 prompt tokens add 11 ms each
+    assert costs.decode_step_s == 0.14
+    assert abs(costs.sec_per_prompt_token - 0.011) < 1e-9
+    # 2.8 x 0.14 s = 0.392 s a step: 0.252 s of prompt at 11 ms a token = 22 tokens.
+    assert costs.prefill_budget(8, cfg) == 22
+    assert costs.prefill_budget(8, SchedulerConfig(itl_target_s=0.58)) == 40  # seconds: (0.58-0.14)/0.011
+    assert costs.prefill_budget(8, SchedulerConfig(itl_target_ratio=1.01)) == PREFILL_FLOOR
