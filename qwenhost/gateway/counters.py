@@ -120,7 +120,7 @@ class DatabaseCounters:
         return [int(found.get(k, 0)) for k in keys]
 
     async def add(self, key: str, amount: int) -> int:
-        return await asyncio.to_thread(self._add, key, amount)
+        return await asyncio.to_thread(self.db.retrying, self._add, key, amount)
 
     async def get(self, keys: list[str]) -> list[int]:
-        return await asyncio.to_thread(self._get, keys)
+        return await asyncio.to_thread(self.db.retrying, self._get, keys)

@@ -6,15 +6,19 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qwenhost.config import home_dir
 
 DATABASE_URL_ENV = "QWENHOST_DATABASE_URL"
+T = TypeVar("T")
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -67,7 +71,9 @@ class Database:
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self._closed = threading.Event()
-        kwargs: dict = {"pool_pre_ping": not self.is_sqlite}
+        # No pre-ping: it was a round trip on every checkout (several a request); a connection the server
+        # dropped fails once instead, is invalidated by SQLAlchemy, and the hot paths retry (retrying()).
+        kwargs: dict = {"pool_pre_ping": False}
         if not self.is_sqlite:
             kwargs.update(pool_size=8, max_overflow=8)
         try:
@@ -137,6 +143,16 @@ class Database:
             except IntegrityError:  # another process made it first
                 s.rollback()
             return s.get(Meta, "installation_id").value  # type: ignore[union-attr]
+
+    def retrying(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` again once if the database dropped the connection under it (a restart, an idle
+        timeout): the failed attempt was rolled back, and every write here is idempotent or transactional."""
+        try:
+            return fn(*args)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            return fn(*args)
 
     def session(self) -> Session:
         return self.sessions()

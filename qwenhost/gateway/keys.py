@@ -120,7 +120,7 @@ class KeyStore:
         if hit is not None and now - hit[0] < CACHE_TTL_S:
             result = hit[1]
         else:
-            result = self._lookup(presented)
+            result = self.db.retrying(self._lookup, presented)
             with self._lock:
                 if len(self._cache) > 10000:
                     self._cache.clear()

@@ -146,7 +146,7 @@ class UsageLedger:
                     break
                 batch.append(nxt)
             try:
-                deltas = self._write([e for e, _ in batch])
+                deltas = self.db.retrying(self._write, [e for e, _ in batch])
                 exc: BaseException | None = None
             except Exception as e:  # the requests waiting on this batch get the error; the writer goes on
                 log.exception("ledger write failed")
@@ -191,6 +191,9 @@ class UsageLedger:
         return dict(deltas)
 
     def spend(self, scope: str, scope_id: int, month: str) -> int:
+        return self.db.retrying(self._spend, scope, scope_id, month)
+
+    def _spend(self, scope: str, scope_id: int, month: str) -> int:
         with self.db.session() as s:
             return s.scalar(select(Spend.cost_nusd).where(Spend.scope == scope, Spend.scope_id == scope_id,
                                                           Spend.month == month)) or 0

@@ -188,3 +188,40 @@ def test_keys_are_stored_hashed_and_revocable(gateway) -> None:  # type: ignore[
     with pytest.raises(AuthError) as ei:
         gateway.keys.authenticate(expired.key)
     assert ei.value.code == "expired_api_key" and "expired" in ei.value.message
+
+
+def test_a_connection_the_database_dropped_is_retried() -> None:
+    """PostgreSQL restarts or kills idle connections: the next ledger write, key lookup and counter update
+    reconnect instead of failing the request (there is no pre-ping round trip to catch it earlier)."""
+    from sqlalchemy import create_engine
+
+    from qwenhost.gateway.db import Database
+    from qwenhost.gateway.service import Gateway
+    from tests.gateway.conftest import PG_BASE, _pg_schema_url
+
+    urls = _pg_schema_url()
+    url = next(urls)
+    app_name = "qh_retry_" + secrets.token_hex(3)
+    gw = Gateway(Database(f"{url}&application_name={app_name}"))
+    try:
+        key = gw.keys.create(gw.projects.create("retry").id, rpm=100)
+        p = gw.keys.authenticate(key.key)
+        gw.ledger.record_sync(entry(gw, p, "before"))
+        counters = DatabaseCounters(gw.db)
+        asyncio.run(counters.add("k", 1))
+        killer = create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
+        with killer.connect() as c:
+            killed = c.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                    "WHERE application_name = :a"), {"a": app_name}).scalar()
+        killer.dispose()
+        assert killed >= 1  # the pool's connections are gone
+        gw.ledger.record_sync(entry(gw, p, "after"))
+        gw.keys._cache.clear()
+        assert gw.keys.authenticate(key.key).project_name == "retry"
+        assert asyncio.run(counters.add("k", 1)) == 2
+        with gw.db.session() as s:
+            assert s.scalar(text("SELECT count(*) FROM usage")) == 2
+    finally:
+        gw.close()
+        for _ in urls:
+            pass
