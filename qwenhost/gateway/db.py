@@ -154,6 +154,14 @@ class Database:
                 raise
             return fn(*args)
 
+    def insert(self, table: Any) -> Any:
+        """An INSERT in this database's dialect, which has ON CONFLICT (upserts) on SQLite and PostgreSQL."""
+        if self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        return insert(table)
+
     def session(self) -> Session:
         return self.sessions()
 

@@ -67,9 +67,9 @@ class UsageLedger:
         self.rows_written = 0
         # Built once: constructing these statements (and their cache keys) cost more than executing them for
         # the one-row batches of a lightly loaded server, where each response waits for its batch's commit.
-        self._insert_rows = (self._dialect_insert(UsageRecord).on_conflict_do_nothing(index_elements=["request_id"])
+        self._insert_rows = (self.db.insert(UsageRecord).on_conflict_do_nothing(index_elements=["request_id"])
                              .returning(UsageRecord.request_id))
-        spend = self._dialect_insert(Spend)
+        spend = self.db.insert(Spend)
         self._add_spend = spend.on_conflict_do_update(index_elements=["scope", "scope_id", "month"],
                                                       set_={"cost_nusd": Spend.cost_nusd + spend.excluded.cost_nusd})
 
@@ -161,13 +161,6 @@ class UsageLedger:
                         log.exception("spend listener failed")
             if stop:
                 return
-
-    def _dialect_insert(self, table):  # type: ignore[no-untyped-def]
-        if self.db.is_sqlite:
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
-        return insert(table)
 
     def _write(self, entries: list[UsageEntry]) -> dict[tuple[str, int, str], int]:
         by_id = {e.request_id: e for e in entries}
