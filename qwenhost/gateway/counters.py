@@ -2,9 +2,10 @@
 
 * memory: one qwenhost process (the default with SQLite);
 * redis: several processes, when QWENHOST_REDIS_URL is set (atomic INCRBY, keys expire by themselves);
-* database: several processes sharing PostgreSQL without Redis (an UPSERT per hit).
+* database: several processes sharing PostgreSQL without Redis (one UPSERT-and-read statement per admission).
 
-Each counter is a per-minute bucket; the rate limiter reads the current and the previous bucket.
+Each counter is a per-minute bucket; the rate limiter reads the current and the previous bucket. ``hit`` adds
+to some buckets and reads others in one round trip, which is what one admission needs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ class CounterStore(Protocol):
 
     async def get(self, keys: list[str]) -> list[int]: ...
 
+    async def hit(self, adds: dict[str, int], reads: list[str]) -> tuple[dict[str, int], list[int]]:
+        """Add to the buckets in ``adds`` and read those in ``reads``: (new values of adds, values of reads)."""
+        ...
+
 
 class MemoryCounters:
     name = "memory"
@@ -51,6 +56,10 @@ class MemoryCounters:
 
     async def get(self, keys: list[str]) -> list[int]:
         return [self._values.get(k, (0, 0.0))[0] for k in keys]
+
+    async def hit(self, adds: dict[str, int], reads: list[str]) -> tuple[dict[str, int], list[int]]:
+        values = await self.get(reads)
+        return {k: await self.add(k, a) for k, a in adds.items()}, values
 
 
 class RedisCounters:
@@ -74,11 +83,25 @@ class RedisCounters:
         values = await self._client.mget([self.ns + k for k in keys])
         return [int(v) if v is not None else 0 for v in values]
 
+    async def hit(self, adds: dict[str, int], reads: list[str]) -> tuple[dict[str, int], list[int]]:
+        async with self._client.pipeline(transaction=True) as p:
+            if reads:
+                p.mget([self.ns + k for k in reads])
+            for k, a in adds.items():
+                p.incrby(self.ns + k, a)
+                p.expire(self.ns + k, BUCKET_TTL_S)
+            out = await p.execute()
+        values = [int(v) if v is not None else 0 for v in out[0]] if reads else []
+        incs = out[1:] if reads else out
+        return {k: int(incs[2 * i]) for i, k in enumerate(adds)}, values
+
     async def ping(self) -> None:
         await self._client.ping()
 
 
 class DatabaseCounters:
+    """Counters in a SQLite database (through SQLAlchemy, on a worker thread). PostgreSQL: PostgresCounters."""
+
     name = "database"
 
     def __init__(self, db: Database) -> None:
@@ -120,3 +143,43 @@ class DatabaseCounters:
 
     async def get(self, keys: list[str]) -> list[int]:
         return await asyncio.to_thread(self.db.retrying, self._get, keys)
+
+    async def hit(self, adds: dict[str, int], reads: list[str]) -> tuple[dict[str, int], list[int]]:
+        values = await self.get(reads) if reads else []
+        return {k: await self.add(k, a) for k, a in adds.items()}, values
+
+
+class PostgresCounters:
+    """Counters in PostgreSQL: each admission is one statement on the event loop (see qwenhost.gateway.pg).
+
+    A counter need not survive a database crash (it is a bucket of the last minutes), so its connections do
+    not wait for the WAL flush at commit."""
+
+    name = "database"
+
+    def __init__(self, db: Database) -> None:
+        from qwenhost.gateway import pg
+
+        self._pg = pg
+        self._conns = pg.AsyncConnections(pg.conninfo(db.url), setup=("SET synchronous_commit TO OFF",))
+        self._last_sweep = time.monotonic()
+
+    async def hit(self, adds: dict[str, int], reads: list[str]) -> tuple[dict[str, int], list[int]]:
+        rows = await self._conns.fetch(self._pg.COUNTERS_HIT, self._pg.counters_params(adds, reads, BUCKET_TTL_S))
+        added = {k: int(v) for k, v, was_add in rows if was_add}
+        found = {k: int(v) for k, v, was_add in rows if not was_add}
+        if time.monotonic() - self._last_sweep > 60:
+            self._last_sweep = time.monotonic()
+            await self._conns.fetch(self._pg.COUNTERS_SWEEP, {})
+        return added, [found.get(k, 0) for k in reads]
+
+    async def add(self, key: str, amount: int) -> int:
+        return (await self.hit({key: amount}, []))[0][key]
+
+    async def get(self, keys: list[str]) -> list[int]:
+        return (await self.hit({}, keys))[1]
+
+
+def database_counters(db: Database) -> CounterStore:
+    """Counters kept in the gateway's own database, for several processes sharing it without Redis."""
+    return DatabaseCounters(db) if db.is_sqlite else PostgresCounters(db)

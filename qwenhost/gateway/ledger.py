@@ -54,6 +54,26 @@ def _ignore(_exc: BaseException | None) -> None:
     pass
 
 
+def _spend_deltas(by_id: dict[str, UsageEntry], inserted: list[str]) -> dict[tuple[str, int, str], int]:
+    """What the inserted rows add to the month's spend of their project and key (rows already there add nothing)."""
+    deltas: dict[tuple[str, int, str], int] = defaultdict(int)
+    for rid in inserted:
+        e = by_id[rid]
+        if e.cost_nusd == 0:
+            continue
+        m = month_of(e.created_at)
+        deltas[("project", e.project_id, m)] += e.cost_nusd
+        if e.key_id is not None:
+            deltas[("key", e.key_id, m)] += e.cost_nusd
+    return dict(deltas)
+
+
+def _pg_writer(db: Database):  # type: ignore[no-untyped-def]
+    from qwenhost.gateway import pg
+
+    return pg.LEDGER_WRITE, pg.SyncConnection(pg.conninfo(db.url)), pg.ledger_params
+
+
 SpendListener = Callable[[dict[tuple[str, int, str], int]], None]
 
 
@@ -69,6 +89,8 @@ class UsageLedger:
         # the one-row batches of a lightly loaded server, where each response waits for its batch's commit.
         self._insert_rows = (self.db.insert(UsageRecord).on_conflict_do_nothing(index_elements=["request_id"])
                              .returning(UsageRecord.request_id))
+        # PostgreSQL: the batch and its spend in one statement on a connection of the writer's own.
+        self._pg = None if db.is_sqlite else _pg_writer(db)
         spend = self.db.insert(Spend)
         self._add_spend = spend.on_conflict_do_update(index_elements=["scope", "scope_id", "month"],
                                                       set_={"cost_nusd": Spend.cost_nusd + spend.excluded.cost_nusd})
@@ -128,6 +150,8 @@ class UsageLedger:
             self._queue.put(None)
             self._thread.join(timeout=30)
             self._thread = None
+        if self._pg is not None:
+            self._pg[1].close()
 
     def _run(self) -> None:
         while True:
@@ -164,24 +188,22 @@ class UsageLedger:
 
     def _write(self, entries: list[UsageEntry]) -> dict[tuple[str, int, str], int]:
         by_id = {e.request_id: e for e in entries}
-        deltas: dict[tuple[str, int, str], int] = defaultdict(int)
-        with self.db.engine.begin() as conn:
-            # A flat dict per row: dataclasses.asdict deep-copies every value, several times slower.
-            rows = [{name: getattr(e, name) for name in _ROW_FIELDS} for e in by_id.values()]
-            inserted = conn.execute(self._insert_rows, rows).scalars().all()
-            for rid in inserted:
-                e = by_id[rid]
-                if e.cost_nusd == 0:
-                    continue
-                m = month_of(e.created_at)
-                deltas[("project", e.project_id, m)] += e.cost_nusd
-                if e.key_id is not None:
-                    deltas[("key", e.key_id, m)] += e.cost_nusd
-            if deltas:
-                conn.execute(self._add_spend, [{"scope": sc, "scope_id": sid, "month": m, "cost_nusd": amount}
-                                               for (sc, sid, m), amount in sorted(deltas.items())])
+        # A flat dict per row: dataclasses.asdict deep-copies every value, several times slower.
+        rows = [{name: getattr(e, name) for name in _ROW_FIELDS} for e in by_id.values()]
+        if self._pg is not None:
+            sql, conn, params = self._pg
+            inserted = [r[0] for r in conn.fetch(sql, params(rows))]
+            deltas = _spend_deltas(by_id, inserted)
+        else:
+            with self.db.engine.begin() as sa_conn:
+                inserted = sa_conn.execute(self._insert_rows, rows).scalars().all()
+                deltas = _spend_deltas(by_id, inserted)
+                if deltas:
+                    sa_conn.execute(self._add_spend, [
+                        {"scope": sc, "scope_id": sid, "month": m, "cost_nusd": amount}
+                        for (sc, sid, m), amount in sorted(deltas.items())])
         self.rows_written += len(inserted)
-        return dict(deltas)
+        return deltas
 
     def spend(self, scope: str, scope_id: int, month: str) -> int:
         return self.db.retrying(self._spend, scope, scope_id, month)

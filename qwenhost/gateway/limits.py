@@ -80,45 +80,51 @@ class RateLimiter:
             return
         now = time.time() if now is None else now
         win, frac = int(now // WINDOW_S), (now % WINDOW_S) / WINDOW_S
-        # Everything this admission reads, in one round trip to the counter store.
+        # Everything this admission reads and counts, in one round trip to the counter store: the request is
+        # counted first and taken back if it is refused (rare), rather than read, checked, then counted.
         reads: list[str] = []
+        adds: dict[str, int] = {}
         for sc in scopes:
             if sc.tpm:
                 reads += [f"tok:{sc.kind}:{sc.ident}:{win - 1}", f"tok:{sc.kind}:{sc.ident}:{win}"]
             if sc.rpm:
                 reads.append(f"req:{sc.kind}:{sc.ident}:{win - 1}")
-        values = dict(zip(reads, await self.counters.get(reads), strict=True)) if reads else {}
+                adds[f"req:{sc.kind}:{sc.ident}:{win}"] = 1
+        added, read_values = await self.counters.hit(adds, reads)
+        values = dict(zip(reads, read_values, strict=True))
+        refusal: LimitExceeded | None = None
         for sc in scopes:
             if sc.tpm:
                 prev, curr = values[f"tok:{sc.kind}:{sc.ident}:{win - 1}"], values[f"tok:{sc.kind}:{sc.ident}:{win}"]
                 if window_estimate(prev, curr, frac) >= sc.tpm:
-                    raise LimitExceeded(
+                    refusal = LimitExceeded(
                         f"Rate limit reached for {sc.kind} {self._name(p, sc)}: {sc.tpm} tokens per minute. "
                         "Slow down or ask an admin for a higher limit.", "rate_limit_exceeded",
                         seconds_until_room(prev, curr, sc.tpm, 1, frac))
-        taken: list[str] = []
-        for sc in scopes:
+                    break
+        for sc in scopes if refusal is None else ():
             if not sc.rpm:
                 continue
-            key = f"req:{sc.kind}:{sc.ident}:{win}"
-            curr = await self.counters.add(key, 1)
-            taken.append(key)
-            prev = values[f"req:{sc.kind}:{sc.ident}:{win - 1}"]
+            curr, prev = added[f"req:{sc.kind}:{sc.ident}:{win}"], values[f"req:{sc.kind}:{sc.ident}:{win - 1}"]
             if window_estimate(prev, curr, frac) > sc.rpm:
-                await asyncio.gather(*(self.counters.add(k, -1) for k in taken))
-                raise LimitExceeded(
+                refusal = LimitExceeded(
                     f"Rate limit reached for {sc.kind} {self._name(p, sc)}: {sc.rpm} requests per minute. "
                     "Slow down or ask an admin for a higher limit.", "rate_limit_exceeded",
                     seconds_until_room(prev, curr - 1, sc.rpm, 1, frac))
+                break
+        if refusal is not None:
+            if adds:  # a refused request does not count against the limits
+                await self.counters.hit({k: -1 for k in adds}, [])
+            raise refusal
 
     async def add_tokens(self, p: Principal, tokens: int, now: float | None = None) -> None:
         if tokens <= 0:
             return
         now = time.time() if now is None else now
         win = int(now // WINDOW_S)
-        for sc in _scopes(p):
-            if sc.tpm:
-                await self.counters.add(f"tok:{sc.kind}:{sc.ident}:{win}", tokens)
+        adds = {f"tok:{sc.kind}:{sc.ident}:{win}": tokens for sc in _scopes(p) if sc.tpm}
+        if adds:
+            await self.counters.hit(adds, [])
 
     @staticmethod
     def _name(p: Principal, sc: _Scope) -> str:

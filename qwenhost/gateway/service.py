@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from qwenhost.gateway.audit import AuditLog
-from qwenhost.gateway.counters import CounterStore, DatabaseCounters, MemoryCounters, RedisCounters
+from qwenhost.gateway.counters import CounterStore, MemoryCounters, RedisCounters, database_counters
 from qwenhost.gateway.db import Database
 from qwenhost.gateway.keys import AuthError, KeyStore, Principal
 from qwenhost.gateway.ledger import UsageEntry, UsageLedger
@@ -43,7 +43,7 @@ def _counters(db: Database, redis_url: str | None, mode: str | None) -> CounterS
             raise ValueError(f"{LIMITS_ENV}=redis needs {REDIS_URL_ENV} (e.g. redis://127.0.0.1:6379/0)")
         return RedisCounters(redis_url, db.installation_id())
     if mode == "database":
-        return DatabaseCounters(db)
+        return database_counters(db)
     if mode == "memory":
         return MemoryCounters()
     raise ValueError(f"{LIMITS_ENV} must be memory, database or redis (got {mode!r})")

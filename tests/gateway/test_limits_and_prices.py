@@ -9,7 +9,7 @@ import secrets
 import pytest
 from sqlalchemy import select, text
 
-from qwenhost.gateway.counters import DatabaseCounters, MemoryCounters, RedisCounters
+from qwenhost.gateway.counters import MemoryCounters, RedisCounters, database_counters
 from qwenhost.gateway.keys import AuthError
 from qwenhost.gateway.ledger import UsageEntry, month_of
 from qwenhost.gateway.limits import LimitExceeded, RateLimiter, seconds_until_room, window_estimate
@@ -82,7 +82,7 @@ def counters(request: pytest.FixtureRequest, gateway):  # type: ignore[no-untype
         except Exception as exc:
             pytest.fail(f"Redis at {REDIS_URL} is not usable: {exc}")
         return RedisCounters(REDIS_URL, gateway.db.installation_id())
-    return DatabaseCounters(gateway.db)
+    return database_counters(gateway.db)
 
 
 def test_rate_limits_on_every_counter_store(gateway, counters) -> None:  # type: ignore[no-untyped-def]
@@ -108,6 +108,41 @@ def test_rate_limits_on_every_counter_store(gateway, counters) -> None:  # type:
         with pytest.raises(LimitExceeded) as ei:
             await limiter.admit(p, now=t0 + 240)
         assert "1000 tokens per minute" in ei.value.message
+
+    asyncio.run(run())
+
+
+def test_one_hit_adds_and_reads_in_one_call(counters) -> None:  # type: ignore[no-untyped-def]
+    """What an admission relies on: adds return the new values, reads return what was there before."""
+    tag = secrets.token_hex(4)
+    a, b, c = f"t:{tag}:a", f"t:{tag}:b", f"t:{tag}:c"
+
+    async def run() -> None:
+        assert await counters.hit({a: 2, b: 5}, [c]) == ({a: 2, b: 5}, [0])
+        assert await counters.hit({c: 7}, [a, b, f"t:{tag}:none"]) == ({c: 7}, [2, 5, 0])
+        assert await counters.hit({a: -1}, []) == ({a: 1}, [])
+        assert await counters.hit({}, [a, c]) == ({}, [1, 7])
+        assert await counters.get([b]) == [5] and await counters.add(b, 1) == 6
+
+    asyncio.run(run())
+
+
+def test_a_refusal_by_the_project_takes_back_the_keys_count(gateway, counters) -> None:  # type: ignore[no-untyped-def]
+    proj = gateway.projects.create("p-" + secrets.token_hex(3), rpm=2)
+    a = gateway.keys.authenticate(gateway.keys.create(proj.id, rpm=2).key)
+    b = gateway.keys.authenticate(gateway.keys.create(proj.id).key)
+    limiter = RateLimiter(counters)
+    t = 1_800_000_000.0 + 6
+
+    async def run() -> None:
+        await limiter.admit(b, now=t)
+        await limiter.admit(b, now=t)
+        for _ in range(3):  # the project is full: each refusal must not count against key a's own limit
+            with pytest.raises(LimitExceeded) as ei:
+                await limiter.admit(a, now=t)
+            assert "project" in ei.value.message
+        win = int(t // 60)
+        assert await counters.get([f"req:key:{a.key_id}:{win}", f"req:project:{proj.id}:{win}"]) == [0, 2]
 
     asyncio.run(run())
 
@@ -207,7 +242,7 @@ def test_a_connection_the_database_dropped_is_retried() -> None:
         key = gw.keys.create(gw.projects.create("retry").id, rpm=100)
         p = gw.keys.authenticate(key.key)
         gw.ledger.record_sync(entry(gw, p, "before"))
-        counters = DatabaseCounters(gw.db)
+        counters = database_counters(gw.db)
         asyncio.run(counters.add("k", 1))
         killer = create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
         with killer.connect() as c:
