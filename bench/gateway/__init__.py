@@ -1,0 +1,1 @@
+"""The pieces of bench/gateway_overhead.py: load generator, server processes, report."""
