@@ -68,12 +68,6 @@ def _spend_deltas(by_id: dict[str, UsageEntry], inserted: list[str]) -> dict[tup
     return dict(deltas)
 
 
-def _pg_writer(db: Database):  # type: ignore[no-untyped-def]
-    from qwenhost.gateway import pg
-
-    return pg.LEDGER_WRITE, pg.SyncConnection(pg.conninfo(db.url)), pg.ledger_params
-
-
 SpendListener = Callable[[dict[tuple[str, int, str], int]], None]
 
 
@@ -90,7 +84,11 @@ class UsageLedger:
         self._insert_rows = (self.db.insert(UsageRecord).on_conflict_do_nothing(index_elements=["request_id"])
                              .returning(UsageRecord.request_id))
         # PostgreSQL: the batch and its spend in one statement on a connection of the writer's own.
-        self._pg = None if db.is_sqlite else _pg_writer(db)
+        self._pg = None
+        if not db.is_sqlite:  # imported here: psycopg takes 0.1 s to import, which SQLite users need not pay
+            from qwenhost.gateway import pg
+
+            self._pg = pg.SyncConnection(pg.conninfo(db.url))
         spend = self.db.insert(Spend)
         self._add_spend = spend.on_conflict_do_update(index_elements=["scope", "scope_id", "month"],
                                                       set_={"cost_nusd": Spend.cost_nusd + spend.excluded.cost_nusd})
@@ -151,7 +149,7 @@ class UsageLedger:
             self._thread.join(timeout=30)
             self._thread = None
         if self._pg is not None:
-            self._pg[1].close()
+            self._pg.close()
 
     def _run(self) -> None:
         while True:
@@ -191,8 +189,9 @@ class UsageLedger:
         # A flat dict per row: dataclasses.asdict deep-copies every value, several times slower.
         rows = [{name: getattr(e, name) for name in _ROW_FIELDS} for e in by_id.values()]
         if self._pg is not None:
-            sql, conn, params = self._pg
-            inserted = [r[0] for r in conn.fetch(sql, params(rows))]
+            from qwenhost.gateway import pg
+
+            inserted = [r[0] for r in self._pg.fetch(pg.LEDGER_WRITE, pg.ledger_params(rows))]
             deltas = _spend_deltas(by_id, inserted)
         else:
             with self.db.engine.begin() as sa_conn:
