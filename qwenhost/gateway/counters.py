@@ -107,22 +107,17 @@ class DatabaseCounters:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._last_sweep = 0.0
-        # Built once, values bound per call: building the statement cost more CPU than running it (two UPSERTs
-        # a request: 0.6 of the 2.8 ms of CPU a request took on PostgreSQL, bench/gateway_overhead.py).
+        # Built once, values bound per call: building the statement cost more CPU than running it.
         ins = db.insert(LimitCounter)
         self._upsert = (ins.on_conflict_do_update(index_elements=["key"],
                                                   set_={"value": LimitCounter.value + ins.excluded.value})
                         .returning(LimitCounter.value))
 
     def _add(self, key: str, amount: int) -> int:
-        from sqlalchemy import delete, text
+        from sqlalchemy import delete
 
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         with self.db.engine.begin() as conn:
-            if not self.db.is_sqlite:
-                # A rate-limit counter need not survive a database crash (it is a bucket of the last minutes), so
-                # its commit does not wait for the WAL flush, which took milliseconds of every request's latency.
-                conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
             value = conn.execute(self._upsert, {"key": key, "value": amount,
                                                 "expires_at": now + dt.timedelta(seconds=BUCKET_TTL_S)}).scalar_one()
             if time.monotonic() - self._last_sweep > 60:
