@@ -153,9 +153,16 @@ def send(kind: str, client: openai.OpenAI, http: httpx.Client, text: str) -> Don
     return Done(rid, kind, len(text.split()), len(got.split()))
 
 
+# Clients drop idle connections before the server's 5 s keep-alive timeout does: a thread picks one of six
+# request kinds at random, so one of its two clients can sit idle that long, and a request sent on a connection
+# the server is closing at that moment fails with "Server disconnected" (HTTP's keep-alive race, not a bug).
+KEEPALIVE = httpx.Limits(keepalive_expiry=2.0)
+
+
 def clients(base: str, key: str) -> tuple[openai.OpenAI, httpx.Client]:
-    return (openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=30),
-            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30))
+    sdk_http = httpx.Client(limits=KEEPALIVE, timeout=30)
+    return (openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=30, http_client=sdk_http),
+            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30, limits=KEEPALIVE))
 
 
 class Load:
