@@ -67,6 +67,9 @@ class ChatClient:
                     if obj.get("usage"):
                         rec.completion_tokens = int(obj["usage"].get("completion_tokens") or 0)
                         rec.prompt_tokens = obj["usage"].get("prompt_tokens")
+                        details = obj["usage"].get("prompt_tokens_details") or {}
+                        if details.get("cached_tokens") is not None:
+                            rec.cached_tokens = int(details["cached_tokens"])
                     for choice in obj.get("choices") or []:
                         content = (choice.get("delta") or {}).get("content")
                         if content:

@@ -50,6 +50,7 @@ def _record_json(rec: RequestRecord, t0: float) -> dict[str, Any]:
     """A request's timeline relative to the workload's start, to the 0.1 ms (for plots and re-analysis)."""
     return {"send": round(rec.send - t0, 4), "chunks": [round(t - t0, 4) for t in rec.chunks],
             "completion_tokens": rec.completion_tokens, "prompt_tokens": rec.prompt_tokens,
+            "cached_tokens": rec.cached_tokens,
             "chunk_tokens": rec.chunk_tokens, "max_tokens": rec.max_tokens, "error": rec.error}
 
 

@@ -22,6 +22,8 @@ METRICS: list[tuple[str, str, str, str]] = [
     ("chat", "total_s", "total s", "{:.1f}"),
     ("chat", "turn0_ttft_p50_s", "turn-0 TTFT p50 s", "{:.3f}"),
     ("chat", "ttft_p50_s", "TTFT p50 s (all turns)", "{:.3f}"),
+    ("chat", "later_ttft_p50_s", "TTFT p50 s (turns 1-5)", "{:.3f}"),
+    ("chat", "cached_share", "prompt tokens from cache", "{:.0%}"),
     ("chat", "peak_rss_mib", "peak RSS MiB", "{:.0f}"),
     ("interference", "itl_p95_undisturbed_s", "ITL p95 undisturbed s", "{:.3f}"),
     ("interference", "itl_p95_prefill_s", "ITL p95 during long prefill s", "{:.3f}"),

@@ -75,7 +75,9 @@ def run_chat(client: ChatClient, plan: ChatPlan) -> tuple[Metrics, list[list[Req
             "all_turns_done": len(ok) == expected,
             "total_s": max(r.chunks[-1] for r in ok) - min(r.send for r in flat) if ok else None,
             "turn0_ttft_p50_s": stats.percentile(stats.ttfts([u[0] for u in per_user if u]), 50),
-            "ttft_p50_s": stats.percentile(stats.ttfts(flat), 50)}, per_user
+            "ttft_p50_s": stats.percentile(stats.ttfts(flat), 50),
+            "later_ttft_p50_s": stats.percentile(stats.ttfts([r for u in per_user for r in u[1:]]), 50),
+            "cached_share": stats.cached_share(flat)}, per_user
 
 
 def run_interference(client: ChatClient, plan: InterferencePlan) -> tuple[Metrics, dict[str, Any]]:

@@ -24,6 +24,7 @@ class RequestRecord:
     chunks: list[float] = field(default_factory=list)
     completion_tokens: int = 0
     prompt_tokens: int | None = None
+    cached_tokens: int | None = None  # prompt tokens the server reused from its cache (when it says)
     max_tokens: int = 0
     pieces: list[str] = field(default_factory=list)  # each chunk's text
     chunk_tokens: list[int] | None = None  # tokens each chunk carries (estimated from its text)
@@ -80,6 +81,14 @@ def aggregate_rate(recs: Sequence[RequestRecord]) -> float | None:
 
 def ttfts(recs: Sequence[RequestRecord]) -> list[float]:
     return [r.chunks[0] - r.send for r in _ok(recs)]
+
+
+def cached_share(recs: Sequence[RequestRecord]) -> float | None:
+    """Share of prompt tokens the server says it reused from its cache; None when it reports none."""
+    told = [r for r in _ok(recs) if r.cached_tokens is not None and r.prompt_tokens]
+    if not told:
+        return None
+    return sum(r.cached_tokens or 0 for r in told) / sum(r.prompt_tokens or 0 for r in told)
 
 
 def _per_chunk(rec: RequestRecord) -> list[int]:

@@ -22,6 +22,12 @@ class EngineMetrics:
             "qwenhost_time_to_first_token_seconds", "Queue + prefill time until the first token",
             buckets=_LATENCY_BUCKETS, registry=registry,
         )
+        # Where the compute time goes: steps with only decode tokens, only prompt tokens, or both (in one
+        # llama_decode, or split into a prompt call and a decode call; see Scheduler.step).
+        self.step_seconds = Histogram(
+            "qwenhost_engine_step_seconds", "One scheduler step: its llama_decode calls", ["kind"],
+            buckets=_LATENCY_BUCKETS, registry=registry,
+        )
         self.itl = Histogram(
             "qwenhost_inter_token_latency_seconds", "Time between two tokens of one stream",
             buckets=_LATENCY_BUCKETS, registry=registry,

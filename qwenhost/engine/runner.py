@@ -149,6 +149,9 @@ class ModelRunner:
             raise RuntimeError("llama.cpp could not create a context (try a smaller --ctx-size)")
         self.ctx = ctx
         self.n_threads = threads
+        # On the CPU backend a step's prompt chunk and its decode tokens run faster as two calls once they
+        # fill a flash-attention tile (Scheduler.step); GPU kernels have no such cliff and pay per launch.
+        self.split_mixed_batches = not L.llama_supports_gpu_offload()
         self.n_ctx = L.llama_n_ctx(ctx)
         self.mem = L.llama_get_memory(ctx)
         self.batch = BatchBuffer(cfg.n_batch)

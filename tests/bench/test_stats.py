@@ -122,3 +122,12 @@ def test_multi_token_chunks_count_as_their_tokens() -> None:
     # Counts of the wrong length are ignored rather than misaligned.
     r.chunk_tokens = [1, 1]
     assert len(stats.itl_series(r)) == 3
+
+
+def test_cached_share_weights_by_prompt_tokens_and_skips_servers_that_do_not_say() -> None:
+    a = RequestRecord(send=0.0, chunks=[1.0], completion_tokens=1, prompt_tokens=1000, cached_tokens=900)
+    b = RequestRecord(send=0.0, chunks=[1.0], completion_tokens=1, prompt_tokens=100, cached_tokens=0)
+    silent = RequestRecord(send=0.0, chunks=[1.0], completion_tokens=1, prompt_tokens=500)
+    failed = RequestRecord(send=0.0, prompt_tokens=400, cached_tokens=400, error="HTTP 500")
+    assert stats.cached_share([a, b, silent, failed]) == pytest.approx(900 / 1100)
+    assert stats.cached_share([silent]) is None

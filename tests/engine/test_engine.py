@@ -9,7 +9,7 @@ import pytest
 from qwenhost.engine.engine import Engine, EngineConfig
 from qwenhost.engine.kv_cache import common_prefix_len
 from qwenhost.engine.sampling import GrammarSpec, SamplingParams
-from qwenhost.engine.sequence import GenerationRequest, StopMatcher
+from qwenhost.engine.sequence import GenerationRequest, SeqState, StopMatcher
 
 GREEDY = SamplingParams(temperature=0)
 
@@ -150,3 +150,42 @@ def test_requests_arriving_together_compute_a_shared_system_prompt_once(engine):
     for r, o in zip(reqs, outs, strict=True):
         solo = asyncio.run(run(engine, r))
         assert o[0] == solo[0]
+
+
+def test_a_prompt_chunk_filling_a_tile_runs_apart_from_decode_tokens(engine, monkeypatch):
+    """On the CPU a step whose prompt chunk and decode tokens reach a flash-attention tile (64 rows) is two
+    llama_decode calls, the prompt first, and each call's logits are read before the next overwrites them."""
+    assert engine.runner.split_mixed_batches  # CI's llama.cpp is a CPU build
+    calls: list[tuple[int, bool, bool]] = []  # (tokens, has decode tokens, has prompt tokens)
+    real_decode = engine.runner.decode
+
+    def traced() -> int:
+        b = engine.runner.batch
+        slots = set(b.seq_id[: b.n].tolist())
+        decoding = {s.slot for s in engine.scheduler.running if s.state == SeqState.DECODING}
+        calls.append((b.n, bool(slots & decoding), bool(slots - decoding)))
+        return real_decode()
+
+    monkeypatch.setattr(engine.runner, "decode", traced)
+    short = [GenerationRequest(chat_prompt(engine, u, "Be brief."), 24, GREEDY, ignore_eos=True)
+             for u in ("Name a color.", "Name a fruit.", "Name a tree.")]
+    doc = " ".join(f"Line {i}: the committee approved budget item {i} after a short discussion." for i in range(20))
+    long = GenerationRequest(chat_prompt(engine, "Summarise: " + doc), 8, GREEDY, ignore_eos=True)
+    assert len(long.prompt_tokens) > 4 * 64
+
+    async def together():
+        return await asyncio.gather(*(run(engine, r) for r in [*short, long]))
+
+    outs = asyncio.run(together())
+    monkeypatch.setattr(engine.runner, "decode", real_decode)
+    split = [i for i in range(len(calls) - 1) if calls[i][0] >= 61 and calls[i][1:] == (False, True)
+             and calls[i + 1][1:] == (True, False)]
+    assert split, calls  # a prompt chunk, then the decode tokens of the same step
+    assert not [c for c in calls if c[0] >= 64 and c[1] and c[2]], calls  # never mixed in one tile-sized call
+    assert [c for c in calls if c[0] < 64 and c[1] and c[2]], calls  # small mixed steps stay one call
+    steps = engine.metrics.step_seconds
+    assert steps.labels("mixed_split")._sum.get() > 0 and steps.labels("mixed")._sum.get() > 0
+    # llama.cpp's numerics depend a little on batch shape, so long greedy answers may part after a dozen
+    # tokens; a token sampled from the wrong call's logits would differ from the first word.
+    for r, o in zip([*short, long], outs, strict=True):
+        assert o[0][:12] == asyncio.run(run(engine, r))[0][:12]
