@@ -9,6 +9,7 @@ import pytest
 from qwenhost.engine.engine import Engine, EngineConfig
 from qwenhost.engine.kv_cache import common_prefix_len
 from qwenhost.engine.sampling import GrammarSpec, SamplingParams
+from qwenhost.engine.scheduler import FA_TILE_ROWS
 from qwenhost.engine.sequence import GenerationRequest, SeqState, StopMatcher
 
 GREEDY = SamplingParams(temperature=0)
@@ -178,11 +179,13 @@ def test_a_prompt_chunk_filling_a_tile_runs_apart_from_decode_tokens(engine, mon
 
     outs = asyncio.run(together())
     monkeypatch.setattr(engine.runner, "decode", real_decode)
-    split = [i for i in range(len(calls) - 1) if calls[i][0] >= 61 and calls[i][1:] == (False, True)
+    # A prompt-only call that would have filled a tile with the step's decode tokens, then those tokens alone.
+    split = [i for i in range(len(calls) - 1) if calls[i][0] >= FA_TILE_ROWS - len(short)
+             and calls[i][1:] == (False, True)
              and calls[i + 1][1:] == (True, False)]
     assert split, calls  # a prompt chunk, then the decode tokens of the same step
-    assert not [c for c in calls if c[0] >= 64 and c[1] and c[2]], calls  # never mixed in one tile-sized call
-    assert [c for c in calls if c[0] < 64 and c[1] and c[2]], calls  # small mixed steps stay one call
+    assert not [c for c in calls if c[0] >= FA_TILE_ROWS and c[1] and c[2]], calls  # never mixed in one tile-sized call
+    assert [c for c in calls if c[0] < FA_TILE_ROWS and c[1] and c[2]], calls  # small mixed steps stay one call
     steps = engine.metrics.step_seconds
     assert steps.labels("mixed_split")._sum.get() > 0 and steps.labels("mixed")._sum.get() > 0
     # llama.cpp's numerics depend a little on batch shape, so long greedy answers may part after a dozen
