@@ -19,7 +19,9 @@ from qwenhost.bench import runner, workloads
 from qwenhost.bench.client import ChatClient
 from qwenhost.bench.stats import RequestRecord
 
-PEERS = ("qwenhost", "llama-server", "llama-server-kvu")
+# qwenhost-per-seq is qwenhost with --kv-layout per-sequence: listed beside the others, never judged by a target.
+PEERS = ("qwenhost", "llama-server", "llama-server-kvu", "qwenhost-per-seq")
+DEFAULT_PEERS = PEERS[:3]
 STREAM_COUNTS = {"streams-8": 8, "streams-16": 16}
 
 Say = Callable[[str], None]
@@ -35,7 +37,7 @@ class BenchOptions:
     model_ref: str
     out: Path
     workloads: Sequence[str] = workloads.WORKLOADS
-    peers: Sequence[str] = PEERS
+    peers: Sequence[str] = DEFAULT_PEERS
     ceilings: bool = True
     threads: int = 2
     ctx_size: int = 32768
@@ -88,8 +90,9 @@ class Plans:
 
 
 def _server_command(peer: str, opts: BenchOptions, tools: dict[str, Path], port: int) -> list[str]:
-    if peer == "qwenhost":
-        return peer_procs.qwenhost_command(opts.model_path, port, opts.parallel, opts.ctx_size, opts.threads)
+    if peer in ("qwenhost", "qwenhost-per-seq"):
+        return peer_procs.qwenhost_command(opts.model_path, port, opts.parallel, opts.ctx_size, opts.threads,
+                                           kv_layout="per-sequence" if peer == "qwenhost-per-seq" else "unified")
     return peer_procs.llama_server_command(tools["llama-server"], opts.model_path, port, opts.parallel, opts.ctx_size,
                                       opts.threads, kv_unified=peer == "llama-server-kvu")
 

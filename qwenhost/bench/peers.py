@@ -102,10 +102,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def qwenhost_command(model_path: Path, port: int, parallel: int, ctx_size: int, threads: int) -> list[str]:
+def qwenhost_command(model_path: Path, port: int, parallel: int, ctx_size: int, threads: int,
+                     kv_layout: str = "unified") -> list[str]:
     return [sys.executable, "-m", "qwenhost", "serve", "--model", str(model_path), "--port", str(port),
             "--parallel", str(parallel), "--ctx-size", str(ctx_size), "--threads", str(threads),
-            "--log-level", "warning"]
+            "--kv-layout", kv_layout, "--log-level", "warning"]
 
 
 def llama_server_command(binary: Path, model_path: Path, port: int, parallel: int, ctx_size: int, threads: int,

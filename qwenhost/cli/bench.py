@@ -32,7 +32,8 @@ def bench(
     workloads: str = typer.Option("single,streams-8,streams-16,chat,interference",
                                   help="Comma-separated workloads to run"),
     peers: str = typer.Option("qwenhost,llama-server,llama-server-kvu",
-                              help="Comma-separated servers: qwenhost, llama-server, llama-server-kvu (--kv-unified)"),
+                              help="Comma-separated servers: qwenhost, llama-server, llama-server-kvu (--kv-unified), "
+                                   "qwenhost-per-seq (qwenhost --kv-layout per-sequence)"),
     ceilings: bool = typer.Option(True, "--ceilings/--no-ceilings",
                                   help="Also measure llama-bench pp512/tg128 and llama-batched-bench at 8 and 16"),
     threads: int = typer.Option(2, min=1, help="Compute threads, for every server and tool"),

@@ -70,13 +70,17 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind"),
     port: int = typer.Option(8642, help="Port to listen on"),
     parallel: int = typer.Option(8, min=1, max=128, help="Most sequences decoded together"),
-    ctx_size: int = typer.Option(32768, min=256, help="KV cache tokens shared by all sequences"),
+    ctx_size: int = typer.Option(32768, min=256, help="KV cache tokens for all sequences together"),
     threads: int = typer.Option(0, min=0, help="Compute threads (0 = physical cores)"),
     prefill_chunk: int = typer.Option(512, min=16, help="Most prompt tokens computed per step"),
     itl_target: str = typer.Option("2.8x", help="How long a step may take while streams decode: a multiple of a "
                                                "decode-only step (2.8x) or seconds (1.0); bounds how long a long "
                                                "prompt pauses them"),
     max_queue: int = typer.Option(64, min=1, help="Waiting requests before answering 429"),
+    kv_layout: str = typer.Option("unified", help="KV cache layout: 'unified' (one pool; shared prefixes are "
+                                                  "referenced; a request may use the whole context) or "
+                                                  "'per-sequence' (ctx-size / parallel tokens per sequence; "
+                                                  "faster batched decode on CPUs, requests capped at that share)"),
     chat_template: Path | None = typer.Option(None, help="Jinja chat template file to use instead of the GGUF's",
                                               exists=True, dir_okay=False, readable=True),
     log_level: str = typer.Option("info", help="uvicorn log level"),
@@ -86,7 +90,7 @@ def serve(
 
     from qwenhost.api.app import create_app
     from qwenhost.api.state import ServerState
-    from qwenhost.engine.engine import Engine, EngineConfig
+    from qwenhost.engine.engine import Engine, EngineConfig, check_kv_layout
     from qwenhost.engine.sources import ModelSourceError, resolve_model
     from qwenhost.gateway.db import DatabaseError
     from qwenhost.gateway.service import Gateway
@@ -96,6 +100,7 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
         itl_s, itl_ratio = parse_itl_target(itl_target)
+        check_kv_layout(kv_layout, ctx_size, parallel)
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -125,7 +130,7 @@ def serve(
         try:
             engine = Engine(EngineConfig(model_path=path, ctx_size=ctx_size, parallel=parallel, threads=threads,
                                          prefill_chunk=prefill_chunk, max_queue=max_queue,
-                                         itl_target_s=itl_s, itl_target_ratio=itl_ratio),
+                                         itl_target_s=itl_s, itl_target_ratio=itl_ratio, kv_layout=kv_layout),
                             registry=state.registry)
             backend = LocalBackend(engine, model_id=model, aliases=model_aliases(model, path.stem),
                                    chat_template=template_text)

@@ -41,6 +41,23 @@ class EngineConfig:
     max_queue: int = 64
     n_batch: int = 2048
     n_ubatch: int = 512
+    # "unified": one KV pool; a shared prefix is referenced, not copied, and one request may use the whole
+    # context. "per-sequence": each of `parallel` sequences gets ctx_size / parallel cells of its own, which
+    # makes batched decode cheaper on CPUs (docs/engine.md) and caps a request at that share.
+    kv_layout: str = "unified"
+
+
+KV_LAYOUTS = ("unified", "per-sequence")
+MIN_STREAM_TOKENS = 256  # llama.cpp pads a per-sequence stream to 256 cells
+
+
+def check_kv_layout(layout: str, ctx_size: int, parallel: int) -> None:
+    """Raise ValueError, saying what to change, for a layout that cannot work with these sizes."""
+    if layout not in KV_LAYOUTS:
+        raise ValueError(f"unknown KV layout {layout!r}; use one of: {', '.join(KV_LAYOUTS)}")
+    if layout == "per-sequence" and ctx_size // parallel < MIN_STREAM_TOKENS:
+        raise ValueError(f"--ctx-size {ctx_size} gives each of {parallel} sequences fewer than "
+                         f"{MIN_STREAM_TOKENS} tokens; raise --ctx-size or lower --parallel")
 
 
 class Engine:
@@ -48,15 +65,20 @@ class Engine:
         self.cfg = cfg
         self.registry = registry or CollectorRegistry()
         self.metrics = EngineMetrics(self.registry)
-        idle = max(cfg.parallel, 4)
+        check_kv_layout(cfg.kv_layout, cfg.ctx_size, cfg.parallel)
+        unified = cfg.kv_layout == "unified"
+        # A unified pool keeps extra idle slots whose finished sequences stay resident for reuse; per-sequence
+        # streams would split the context further for them, so there every slot is a running one.
+        n_seq = min(cfg.parallel + max(cfg.parallel, 4), 256) if unified else cfg.parallel
         self.runner = ModelRunner(
             RunnerConfig(
                 model_path=cfg.model_path,
                 n_ctx=cfg.ctx_size,
-                n_seq_max=min(cfg.parallel + idle, 256),
+                n_seq_max=n_seq,
                 n_batch=max(cfg.n_batch, cfg.prefill_chunk + cfg.parallel),
                 n_ubatch=cfg.n_ubatch,
                 n_threads=cfg.threads,
+                kv_unified=unified,
             )
         )
         self.chat_template = self.runner.meta("tokenizer.chat_template")
@@ -85,17 +107,20 @@ class Engine:
     @property
     def context_limit(self) -> int:
         """Most tokens (prompt + completion) one request may use."""
-        limit = self.runner.n_ctx
+        limit = self.runner.n_ctx_seq
         if self.runner.n_ctx_train > 0:
             limit = min(limit, self.runner.n_ctx_train)
         return limit
 
     def memory_summary(self) -> str:
         kv = self.runner.kv_bytes_per_token() * self.runner.n_ctx
+        if self.runner.cfg.kv_unified:
+            layout = f"{self.runner.n_ctx} tokens shared by up to {self.cfg.parallel} sequences"
+        else:
+            layout = f"{self.runner.n_ctx_seq} tokens for each of {self.cfg.parallel} sequences"
         return (
             f"weights {self.runner.model_size_bytes / 2**20:.0f} MiB + KV cache {kv / 2**20:.0f} MiB "
-            f"({self.runner.n_ctx} tokens shared by up to {self.cfg.parallel} sequences), "
-            f"{self.runner.n_threads} threads"
+            f"({layout}), {self.runner.n_threads} threads"
         )
 
     def sampling_defaults(self, thinking: bool) -> SamplingParams:

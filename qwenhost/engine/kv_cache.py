@@ -1,9 +1,10 @@
-"""Slots of the unified KV pool and prefix reuse between them.
+"""Slots of the KV cache and prefix reuse between them.
 
 Each llama.cpp sequence id is a slot. A finished sequence leaves its tokens resident (an idle slot) so
 the next turn of the same chat, or any request sharing its prefix, reuses them. A new request takes the
 longest common token prefix found in any slot: in place when that slot is idle, otherwise by seq_cp into
-a free slot — in a unified pool that shares the cells, so a system prompt is computed once.
+a free slot — in a unified pool that shares the cells, so a system prompt is computed once; with per-sequence
+streams it copies the source's stream (still far cheaper than computing the prefix again).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class SlotTable:
         self.slots = [Slot(i) for i in range(n_slots)]
         self.pool_tokens = runner.n_ctx
         self.share_prefixes = share_prefixes
+        # Per-sequence streams: a slot's tokens live in its own stream, so other slots' tokens never crowd it
+        # out and evicting them frees nothing it could use.
+        self.per_sequence = not runner.cfg.kv_unified
 
     def used_tokens(self) -> int:
         # Counts shared cells once per slot: an upper bound, which keeps admission safe.
@@ -55,6 +59,8 @@ class SlotTable:
 
     def evict_idle(self, need: int, keep: Slot | None = None) -> None:
         """Drop idle slots' tokens, least recently used first, until `need` more tokens fit."""
+        if self.per_sequence:
+            return
         idle = sorted((s for s in self._free() if s.tokens and s is not keep), key=lambda s: s.last_used)
         for s in idle:
             if self.used_tokens() + need <= self.pool_tokens:
@@ -63,6 +69,8 @@ class SlotTable:
             s.tokens = []
 
     def fits(self, need: int) -> bool:
+        if self.per_sequence:
+            return need <= self.runner.n_ctx_seq
         return self.used_tokens() + need <= self.pool_tokens
 
     def assign(self, seq: Sequence) -> bool:
@@ -119,8 +127,7 @@ class SlotTable:
             if not self.fits(need) and self.active() > 0:
                 return False
         if use_copy:
-            self.runner.seq_rm(dst.index)
-            self.runner.seq_cp(best_any.index, dst.index, 0, best_any_len)
+            self.runner.copy_prefix(best_any.index, dst.index, best_any_len)
             reuse = best_any_len
         elif not self.runner.seq_rm(dst.index, reuse, -1):
             # Recurrent/hybrid memory cannot drop a tail: start this slot from scratch.
@@ -149,8 +156,7 @@ class SlotTable:
             return False
         seq.share_src, seq.share_len = -1, 0
         if have >= MIN_SHARED_PREFIX and have > seq.n_past:
-            self.runner.seq_rm(seq.slot)
-            self.runner.seq_cp(src.index, seq.slot, 0, have)
+            self.runner.copy_prefix(src.index, seq.slot, have)
             seq.n_past = have
             if not seq.generated:
                 seq.n_cached = have

@@ -113,6 +113,7 @@ class RunnerConfig:
     n_ubatch: int = 512
     n_threads: int = 0  # 0 = physical cores
     flash_attn: bool = True
+    kv_unified: bool = True  # one KV pool for all sequences; False: a stream of n_ctx / n_seq_max per sequence
 
 
 class ModelRunner:
@@ -138,9 +139,10 @@ class ModelRunner:
         cp.n_outputs_max = max(cfg.n_seq_max, 1)
         cp.n_threads = threads
         cp.n_threads_batch = threads
-        # A unified KV pool lets sequences share a prefix's cells via seq_cp (a system prompt is
-        # computed once); flash attention skips the fully-masked cross-sequence blocks it implies.
-        cp.kv_unified = True
+        # A unified KV pool lets sequences share a prefix's cells via seq_cp (a system prompt is computed
+        # once). Per-sequence streams (kv_unified False) cost a copy to share a prefix, but a decode row then
+        # attends over its own stream only, not over every cell of the pool (docs/engine.md).
+        cp.kv_unified = cfg.kv_unified
         cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_AUTO
         cp.no_perf = True
         ctx = L.llama_init_from_model(model, cp)
@@ -153,6 +155,7 @@ class ModelRunner:
         # fill a flash-attention tile (Scheduler.step); GPU kernels have no such cliff and pay per launch.
         self.split_mixed_batches = not L.llama_supports_gpu_offload()
         self.n_ctx = L.llama_n_ctx(ctx)
+        self.n_ctx_seq = L.llama_n_ctx_seq(ctx)  # cells one sequence may use: n_ctx, or its stream's size
         self.mem = L.llama_get_memory(ctx)
         self.batch = BatchBuffer(cfg.n_batch)
         self.eos = L.llama_vocab_eos(self.vocab)
@@ -253,6 +256,17 @@ class ModelRunner:
 
     def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
         L.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Make `dst` hold the first `n` tokens of `src` (whatever `dst` held is dropped)."""
+        self.seq_rm(dst)
+        if self.cfg.kv_unified:
+            self.seq_cp(src, dst, 0, n)  # shares the cells: bookkeeping only
+            return
+        # Between streams llama.cpp copies only whole streams (a partial copy aborts the process); the copy
+        # itself runs at the start of the next llama_decode. Then the tail past the prefix is dropped.
+        self.seq_cp(src, dst, -1, -1)
+        self.seq_rm(dst, n, -1)
 
     def seq_pos_max(self, seq: int) -> int:
         return int(L.llama_memory_seq_pos_max(self.mem, seq))

@@ -248,6 +248,9 @@ class Scheduler:
         False when the KV pool had no room (memory was relieved; the step is retried)."""
         batch = self.runner.batch
         batch.clear()
+        # In slot order: with per-sequence streams llama.cpp puts sequences in one ubatch only while their ids
+        # run consecutively (split_equal), so an unordered batch would cost a weights pass per sequence.
+        part = sorted(part, key=lambda p: p[0].slot)
         idxs = [batch.add(chunk, seq.n_past, seq.slot, want) for seq, chunk, want in part]
         rc = self.runner.decode()
         if rc == 1:

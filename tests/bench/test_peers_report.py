@@ -49,6 +49,9 @@ def test_commands_use_the_same_settings() -> None:
     assert qh[1:4] == ["-m", "qwenhost", "serve"]
     for flag, value in (("--parallel", "16"), ("--ctx-size", "32768"), ("--threads", "2"), ("--model", str(model))):
         assert qh[qh.index(flag) + 1] == value
+    assert qh[qh.index("--kv-layout") + 1] == "unified"
+    ps = peers.qwenhost_command(model, 9000, 16, 32768, 2, kv_layout="per-sequence")
+    assert ps[ps.index("--kv-layout") + 1] == "per-sequence"
     bb = peers.batched_bench_command(Path("/b/llama-batched-bench"), model, 2, 32768, (8, 16))
     assert " ".join(bb[3:]) == "-kvu -npp 128 -ntg 128 -npl 8,16 -c 32768 -t 2"
 
