@@ -46,6 +46,7 @@ class SlotTable:
         # Per-sequence streams: a slot's tokens live in its own stream, so other slots' tokens never crowd it
         # out and evicting them frees nothing it could use.
         self.per_sequence = not runner.cfg.kv_unified
+        self.compact_after_idle_s = 2.0
 
     def used_tokens(self) -> int:
         # Counts shared cells once per slot: an upper bound, which keeps admission safe.
@@ -161,6 +162,38 @@ class SlotTable:
             if not seq.generated:
                 seq.n_cached = have
         return True
+
+    def compact(self, running: list[Sequence], decoding: list[Sequence], max_moves: int = 2) -> int:
+        """Per-sequence streams only: move the decoding sequence with the highest slot into a free slot below the
+        others, so the running slots stay consecutive. llama.cpp cuts a micro-batch wherever slot ids skip one,
+        and each cut costs one more pass over the weights every step (measured on the default model, 16 streams:
+        0.59 s a step packed, 1.22 s with a gap after each). A move copies one stream (tens of MiB) once.
+        Free slots whose tokens were used within `compact_after_idle_s` are left alone: a chat's next turn is
+        usually about to reuse them. Returns the number of moves."""
+        if not self.per_sequence:
+            return 0
+        moves = 0
+        now = time.monotonic()
+        while moves < max_moves and decoding:
+            ids = sorted(q.slot for q in running)
+            if ids[-1] - ids[0] + 1 == len(ids):
+                break
+            top = max(decoding, key=lambda q: q.slot)
+            if top.slot != ids[-1]:
+                break  # the highest is prefilling; it joins the others' micro-batch as it is
+            usable = [s.index for s in self.slots if s.owner is None
+                      and (not s.tokens or now - s.last_used >= self.compact_after_idle_s)]
+            inside = [i for i in usable if ids[0] < i < top.slot]
+            target = inside[0] if inside else ids[0] - 1 if ids[0] - 1 in usable else None
+            if target is None:
+                break
+            dst, src = self.slots[target], self.slots[top.slot]
+            self.runner.copy_prefix(src.index, dst.index, top.n_past)
+            dst.owner, dst.tokens = top, []
+            src.owner, src.tokens, src.last_used = None, top.tokens[: top.n_past], now
+            top.slot = dst.index
+            moves += 1
+        return moves
 
     def release(self, seq: Sequence, keep: bool = True) -> None:
         if seq.slot < 0:

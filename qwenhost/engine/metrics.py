@@ -28,6 +28,10 @@ class EngineMetrics:
             "qwenhost_engine_step_seconds", "One scheduler step: its llama_decode calls", ["kind"],
             buckets=_LATENCY_BUCKETS, registry=registry,
         )
+        self.stream_moves = Counter(
+            "qwenhost_kv_stream_moves", "Sequences moved to a lower slot to keep per-sequence streams consecutive",
+            registry=registry,
+        )
         self.itl = Histogram(
             "qwenhost_inter_token_latency_seconds", "Time between two tokens of one stream",
             buckets=_LATENCY_BUCKETS, registry=registry,

@@ -153,7 +153,10 @@ class ModelRunner:
         self.n_threads = threads
         # On the CPU backend a step's prompt chunk and its decode tokens run faster as two calls once they
         # fill a flash-attention tile (Scheduler.step); GPU kernels have no such cliff and pay per launch.
-        self.split_mixed_batches = not L.llama_supports_gpu_offload()
+        # Per-sequence streams need no split: llama.cpp already puts one token of every sequence in the first
+        # micro-batch and a prompt's other tokens in micro-batches of their own, and a prompting sequence left
+        # out of that first one would cut the decode tokens around it into two passes over the weights.
+        self.split_mixed_batches = cfg.kv_unified and not L.llama_supports_gpu_offload()
         self.n_ctx = L.llama_n_ctx(ctx)
         self.n_ctx_seq = L.llama_n_ctx_seq(ctx)  # cells one sequence may use: n_ctx, or its stream's size
         self.mem = L.llama_get_memory(ctx)

@@ -193,7 +193,10 @@ class Scheduler:
         self._admit()
         if not self.running:
             return
-        decode = [(seq, [seq.tokens[seq.n_past]], True) for seq in self.running if seq.state == SeqState.DECODING]
+        decoding = [seq for seq in self.running if seq.state == SeqState.DECODING]
+        if self.slots.per_sequence:
+            self.metrics.stream_moves.inc(self.slots.compact(self.running, decoding))
+        decode = [(seq, [seq.tokens[seq.n_past]], True) for seq in decoding]
         prompt = self._plan_prefill(len(decode))
         if not decode and not prompt:
             return

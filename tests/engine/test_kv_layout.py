@@ -9,7 +9,7 @@ import pytest
 
 from qwenhost.engine.engine import Engine, EngineConfig, check_kv_layout
 from qwenhost.engine.sequence import GenerationRequest
-from tests.engine.test_engine import GREEDY, chat_prompt, run
+from tests.engine.test_engine import GREEDY, chat_prompt, check_shared_prompt_computed_once, forget_idle, run
 
 
 @pytest.fixture(scope="module")
@@ -70,19 +70,53 @@ def test_a_shared_prefix_is_copied_from_another_stream(engine):
         await agen.aclose()
         return result
 
-    engine.scheduler.slots.evict_idle(10**9)  # no-op here: per-sequence streams are not evicted for room
-    for s in engine.scheduler.slots.slots:  # start from empty streams so only the running one has the prefix
-        if s.owner is None:
-            engine.runner.seq_rm(s.index)
-            s.tokens = []
+    forget_idle(engine)  # start from empty streams so only the running one has the prefix
     text, _, _, cached = asyncio.run(overlapping())
     assert cached >= n_system
-    for s in engine.scheduler.slots.slots:
-        if s.owner is None:
-            engine.runner.seq_rm(s.index)
-            s.tokens = []
+    forget_idle(engine)
     alone = asyncio.run(run(engine, second))
     assert alone[3] == 0 and alone[0] == text
+
+
+def test_a_finished_stream_in_the_middle_is_filled_by_the_highest_one(engine, monkeypatch):
+    """When the sequence in slot 1 of 0..3 finishes, the one in slot 3 moves into slot 1 (a copy of its stream),
+    so the three left decode as one micro-batch again, and every answer is what it is without the move."""
+    slots = engine.scheduler.slots
+    monkeypatch.setattr(slots, "compact_after_idle_s", 0.0)
+    reqs = [GenerationRequest(chat_prompt(engine, u, "Be brief."), n, GREEDY, ignore_eos=True)
+            for u, n in (("Name a color.", 24), ("Name a fruit.", 4), ("Name a tree.", 24), ("Name a dog.", 24))]
+    batches: list[list[int]] = []
+    real_decode = engine.runner.decode
+
+    def traced() -> int:
+        b = engine.runner.batch
+        batches.append(b.seq_id[: b.n].tolist())
+        return real_decode()
+
+    async def together() -> list[str]:
+        forget_idle(engine)  # empty slots, so the requests take 0..3 in order
+        with engine.scheduler._cv:  # all four are admitted in one step, as the same batch each time
+            tasks = [asyncio.ensure_future(run(engine, r)) for r in reqs]
+            while len(engine.scheduler.waiting) < len(reqs):
+                await asyncio.sleep(0)
+        return [o[0] for o in await asyncio.gather(*tasks)]
+
+    monkeypatch.setattr(slots, "compact", lambda *a, **k: 0)
+    unmoved = asyncio.run(together())
+    monkeypatch.undo()
+    monkeypatch.setattr(slots, "compact_after_idle_s", 0.0)
+    monkeypatch.setattr(engine.runner, "decode", traced)
+    moves_before = engine.metrics.stream_moves._value.get()
+    moved = asyncio.run(together())
+    assert engine.metrics.stream_moves._value.get() - moves_before == 1
+    three = [b for b in batches if len(set(b)) == 3]
+    assert three and all(sorted(set(b)) == [0, 1, 2] for b in three), batches
+    assert moved == unmoved  # a broken copy would send the moved stream's answer elsewhere
+
+
+def test_requests_arriving_together_copy_a_shared_system_prompt_once(engine):
+    """The others wait for the first to compute the prefix, then copy its stream."""
+    check_shared_prompt_computed_once(engine)
 
 
 @pytest.mark.parametrize(("layout", "ctx", "parallel", "message"), [

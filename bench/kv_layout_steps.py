@@ -1,0 +1,78 @@
+"""What a decode-only step costs in each KV layout: n streams with h tokens each, one token per stream, in a
+unified pool, in per-sequence streams with consecutive ids, and in per-sequence streams with a gap after every
+stream (ids 0, 2, 4, ...: llama.cpp then cuts one micro-batch per stream, see docs/engine.md).
+
+    .venv/bin/python bench/kv_layout_steps.py                      # 16 streams x 600 tokens, 8 timed steps
+    .venv/bin/python bench/kv_layout_steps.py --streams 8 --history 1200
+
+Each layout gets a fresh context of --ctx tokens and --slots sequence ids (as many per-sequence streams), the
+streams' prompts are computed 512 tokens at a time and interleaved with a few decode steps as in a server.
+Seconds per step (median of --steps); no thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from qwenhost.engine.runner import ModelRunner, RunnerConfig
+
+TEXT = "The river walked past the ancient station while the quiet engine remembered every distant letter. "
+
+
+def time_layout(model: Path, ctx: int, slots: int, ids: list[int], history: int, steps: int, threads: int,
+                unified: bool) -> float:
+    r = ModelRunner(RunnerConfig(model_path=model, n_ctx=ctx, n_seq_max=slots, n_batch=2048, n_ubatch=512,
+                                 n_threads=threads, kv_unified=unified))
+    try:
+        toks = r.tokenize(TEXT * (history // 15 + steps + 8))
+        b = r.batch
+        pos = dict.fromkeys(ids, 0)
+        while min(pos.values()) < history:  # prompts chunk by chunk, round robin, so cells interleave
+            for s in ids:
+                n = min(512, history - pos[s])
+                if n > 0:
+                    b.clear()
+                    b.add(toks[pos[s]: pos[s] + n], pos[s], s, True)
+                    r.decode()
+                    pos[s] += n
+        times = []
+        for _ in range(steps):
+            b.clear()
+            for s in ids:
+                b.add([toks[pos[s]]], pos[s], s, True)
+                pos[s] += 1
+            t0 = time.perf_counter()
+            if r.decode() != 0:
+                raise RuntimeError("llama_decode failed (is --ctx large enough?)")
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+    finally:
+        r.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path,
+                    default=Path.home() / ".local/share/qwenhost/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
+    ap.add_argument("--streams", type=int, default=16)
+    ap.add_argument("--history", type=int, default=600, help="tokens each stream already has")
+    ap.add_argument("--ctx", type=int, default=32768)
+    ap.add_argument("--slots", type=int, default=32, help="sequence ids (per-sequence: streams of ctx/slots)")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    if 2 * a.streams > a.slots:
+        ap.error("--slots must be at least twice --streams (the gapped layout uses every other id)")
+    packed, gapped = list(range(a.streams)), list(range(0, 2 * a.streams, 2))
+    print(f"{a.streams} streams x {a.history} tokens, ctx {a.ctx}, {a.slots} sequence ids, {a.threads} threads")
+    for name, ids, unified in (("unified", packed, True), ("per-sequence, ids 0..n-1", packed, False),
+                               ("per-sequence, every other id", gapped, False)):
+        dt = time_layout(a.model, a.ctx, a.slots, ids, a.history, a.steps, a.threads, unified)
+        print(f"  {name:30s} {dt:.3f} s/step  {a.streams / dt:.1f} tok/s")
+
+
+if __name__ == "__main__":
+    main()
