@@ -67,6 +67,10 @@ def chat(
     url: str = typer.Option("http://127.0.0.1:8642/v1", help="Base URL of an OpenAI-compatible server"),
     system: str = typer.Option("", help="System prompt"),
     think: bool = typer.Option(None, "--think/--no-think", help="Ask Qwen3-style models to (not) reason"),
+    temperature: float | None = typer.Option(None, min=0.0, max=2.0,
+                                             help="Sampling temperature (0 = always the likeliest token; "
+                                                  "default: the model's recommended sampling)"),
+    seed: int | None = typer.Option(None, help="Sampling seed, for answers that repeat"),
 ) -> None:
     url = url.rstrip("/")
     headers = {}
@@ -79,7 +83,11 @@ def chat(
         console.print(f"[red]error:[/red] no server answers at {url} ({exc}); start one with `qwenhost serve`")
         raise typer.Exit(2) from exc
     history: list[dict] = [{"role": "system", "content": system}] if system else []
-    extra = {} if think is None else {"enable_thinking": think}
+    extra: dict = {} if think is None else {"enable_thinking": think}
+    if temperature is not None:
+        extra["temperature"] = temperature
+    if seed is not None:
+        extra["seed"] = seed
     console.print(f"chatting with {model} at {url} — Ctrl-C stops an answer, Ctrl-D quits, /reset clears history")
     while True:
         try:

@@ -14,7 +14,9 @@ MODEL = "qwen2.5-coder:0.5b"
 
 def chat_proc(url: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "TERM": "dumb"}
-    return subprocess.Popen([sys.executable, "-m", "qwenhost", "chat", "--model", MODEL, "--url", url],
+    # Greedy, so the answers do not depend on a sampling draw (a sampled "OK" once failed CI).
+    return subprocess.Popen([sys.executable, "-m", "qwenhost", "chat", "--model", MODEL, "--url", url,
+                             "--temperature", "0"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                             text=True)
 
