@@ -20,6 +20,20 @@ def engine(small_model_path):
     eng.close()
 
 
+def trace_batches(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The sequence id of every token of every llama_decode call from now on."""
+    batches: list[list[int]] = []
+    real_decode = engine.runner.decode
+
+    def traced() -> int:
+        b = engine.runner.batch
+        batches.append(b.seq_id[: b.n].tolist())
+        return real_decode()
+
+    monkeypatch.setattr(engine.runner, "decode", traced)
+    return batches
+
+
 def test_each_sequence_gets_its_share_of_the_context(engine):
     assert not engine.runner.cfg.kv_unified
     assert engine.runner.n_ctx_seq == 1024 and engine.context_limit == 1024
@@ -33,15 +47,7 @@ def test_batched_results_equal_solo_results_and_decode_in_slot_order(engine, mon
     users = ["Name a color.", "Name a fruit.", "Name an animal.", "Name a country.", "Name a planet."]
     reqs = [GenerationRequest(chat_prompt(engine, u, "Be brief."), 12, GREEDY) for u in users]
     solo = [asyncio.run(run(engine, r))[0] for r in reqs]
-    orders: list[list[int]] = []
-    real_decode = engine.runner.decode
-
-    def traced() -> int:
-        b = engine.runner.batch
-        orders.append(b.seq_id[: b.n].tolist())
-        return real_decode()
-
-    monkeypatch.setattr(engine.runner, "decode", traced)
+    orders = trace_batches(engine, monkeypatch)
 
     async def together():
         # They take the slots holding the solo runs' prefixes, not in arrival order (unsorted batches showed).
@@ -85,14 +91,6 @@ def test_a_finished_stream_in_the_middle_is_filled_by_the_highest_one(engine, mo
     monkeypatch.setattr(slots, "compact_after_idle_s", 0.0)
     reqs = [GenerationRequest(chat_prompt(engine, u, "Be brief."), n, GREEDY, ignore_eos=True)
             for u, n in (("Name a color.", 24), ("Name a fruit.", 4), ("Name a tree.", 24), ("Name a dog.", 24))]
-    batches: list[list[int]] = []
-    real_decode = engine.runner.decode
-
-    def traced() -> int:
-        b = engine.runner.batch
-        batches.append(b.seq_id[: b.n].tolist())
-        return real_decode()
-
     async def together() -> list[str]:
         forget_idle(engine)  # empty slots, so the requests take 0..3 in order
         with engine.scheduler._cv:  # all four are admitted in one step, as the same batch each time
@@ -105,7 +103,7 @@ def test_a_finished_stream_in_the_middle_is_filled_by_the_highest_one(engine, mo
     unmoved = asyncio.run(together())
     monkeypatch.undo()
     monkeypatch.setattr(slots, "compact_after_idle_s", 0.0)
-    monkeypatch.setattr(engine.runner, "decode", traced)
+    batches = trace_batches(engine, monkeypatch)
     moves_before = engine.metrics.stream_moves._value.get()
     moved = asyncio.run(together())
     assert engine.metrics.stream_moves._value.get() - moves_before == 1
