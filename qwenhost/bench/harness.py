@@ -142,6 +142,10 @@ def run_one(peer: str, workload: str, plans: Plans, opts: BenchOptions, tools: d
                 # The bench process's own CPU over the run: evidence the client was not the bottleneck.
                 result["client_cpu_share"] = round((time.process_time() - cpu0) / (time.perf_counter() - t0), 4)
                 result["server"]["peak_rss_mib"] = round(srv.peak_rss_mib(), 1)
+                # The server's own counters after the run (step kinds and times, cache hits) explain its figures.
+                scrape = opts.out / "logs" / f"{peer}-{workload}.metrics.txt"
+                if srv.save_metrics(scrape):
+                    result["server"]["metrics_file"] = str(scrape)
             result["metrics"] = metrics
             result["timelines"] = _timelines(raw, t0)
     except (RuntimeError, OSError, httpx.HTTPError, LookupError, ValueError) as exc:

@@ -179,6 +179,17 @@ class ServerProcess:
     def peak_rss_mib(self) -> float:
         return peak_rss_kib(self.proc.pid) / 1024
 
+    def save_metrics(self, dest: Path) -> bool:
+        """Write the server's Prometheus ``/metrics`` text to ``dest``; False where it serves none."""
+        try:
+            resp = httpx.get(self.base + "/metrics", timeout=10)
+        except httpx.HTTPError:
+            return False
+        if resp.status_code != 200:
+            return False
+        dest.write_text(resp.text)
+        return True
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

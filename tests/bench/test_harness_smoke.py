@@ -50,6 +50,9 @@ def test_every_workload_ran_and_generated_max_tokens(bench_run: tuple[dict, Path
         assert all(r["chunks"] == sorted(r["chunks"]) and r["chunks"][0] >= r["send"] for r in reqs), name
         assert run["metrics"]["all_tokens_generated"] is True
         assert _positive(run["server"]["startup_s"]) and run["server"]["peak_rss_mib"] > 100
+        # The server's counters after the run: its steps were counted by kind.
+        scrape = Path(run["server"]["metrics_file"]).read_text()
+        assert 'qwenhost_engine_step_seconds_count{kind="decode"}' in scrape, name
 
 
 @pytest.mark.model
