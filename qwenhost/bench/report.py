@@ -137,6 +137,41 @@ def ceilings_table(doc: dict[str, Any]) -> str:
     return _table(["ceiling", "value"], rows, "lr") + ("\n\n" + "\n".join(errors) if errors else "")
 
 
+# workload -> (the metric timing the whole workload, the batched-bench sequence count its decode runs at)
+TIMED_WORKLOADS = {"streams-8": ("wall_s", "8"), "streams-16": ("wall_s", "16"), "chat": ("total_s", "16")}
+
+
+def ceiling_times(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """For every timed workload and server: how long the work that server did takes at the ceiling rates
+    measured in the same run, prompt tokens it computed at llama-bench pp512 plus generated tokens at
+    llama-batched-bench S_TG for the workload's concurrency, and the server's time as a multiple of that."""
+    pp = _ceiling(doc, "llama_bench", "pp512")
+    rows = []
+    for workload, (time_key, npl) in TIMED_WORKLOADS.items():
+        tg = _ceiling(doc, "batched_bench", npl)
+        for peer in doc.get("runs", {}):
+            took = metric(doc, peer, workload, time_key)
+            prompt = metric(doc, peer, workload, "computed_prompt_tokens")
+            completion = metric(doc, peer, workload, "completion_tokens")
+            if took is None or prompt is None or completion is None or not pp or not tg:
+                continue
+            floor = prompt / pp + completion / tg
+            rows.append({"workload": workload, "peer": peer, "computed_prompt_tokens": int(prompt),
+                         "completion_tokens": int(completion), "ceiling_s": floor, "took_s": took,
+                         "times_ceiling": took / floor})
+    return rows
+
+
+def ceiling_times_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(needs the ceilings and servers that report cached prompt tokens)"
+    body = [[r["workload"], r["peer"], str(r["computed_prompt_tokens"]), str(r["completion_tokens"]),
+             _fmt(r["ceiling_s"], "{:.1f}"), _fmt(r["took_s"], "{:.1f}"), _fmt(r["times_ceiling"], "{:.2f}")]
+            for r in rows]
+    return _table(["workload", "server", "prompt tokens computed", "tokens generated", "at ceiling s", "took s",
+                   "× ceiling"], body, "llrrrrr")
+
+
 def targets_table(rows: list[dict[str, Any]]) -> str:
     def verdict(r: dict[str, Any]) -> str:
         v = "n/a" if r["pass"] is None else "pass" if r["pass"] else "FAIL"
@@ -162,6 +197,9 @@ def summary(doc: dict[str, Any], targets: list[dict[str, Any]]) -> str:
         f"parallel {m['parallel']}, seed {m['seed']}, scale {m['scale']}; {m['cpus']} CPUs; started {m['started']}",
         "## Metrics\n\n" + metrics_table(doc),
         "## Ceilings (same llama.cpp sources, same threads)\n\n" + ceilings_table(doc),
+        "## Time against the ceilings\n\nEach server's own work (prompt tokens it computed, tokens it generated) "
+        "at llama-bench pp512 and llama-batched-bench S_TG, prefill and decode apart, against the time it "
+        "took.\n\n" + ceiling_times_table(ceiling_times(doc)),
         "## Targets\n\n" + targets_table(targets)
         + f"\n\n{passed} of {len(judged)} judged targets pass"
         + (f"; {missing} could not be judged (n/a: not measured or failed)" if missing else "")

@@ -27,6 +27,7 @@ def _common(recs: list[RequestRecord]) -> Metrics:
     failed = [r.error for r in recs if r.error]
     return {"requests": len(recs), "failed": len(failed), "first_error": failed[0] if failed else None,
             "completion_tokens": sum(r.completion_tokens for r in recs),
+            "computed_prompt_tokens": stats.computed_prompt_tokens(recs),
             "all_tokens_generated": all(r.error is None and r.completion_tokens == r.max_tokens for r in recs)}
 
 

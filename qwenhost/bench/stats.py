@@ -83,6 +83,15 @@ def ttfts(recs: Sequence[RequestRecord]) -> list[float]:
     return [r.chunks[0] - r.send for r in _ok(recs)]
 
 
+def computed_prompt_tokens(recs: Sequence[RequestRecord]) -> int | None:
+    """Prompt tokens the server had to compute (its prompt tokens less those it reused from cache);
+    None unless every successful request reported both."""
+    ok = _ok(recs)
+    if not ok or any(r.prompt_tokens is None or r.cached_tokens is None for r in ok):
+        return None
+    return sum((r.prompt_tokens or 0) - (r.cached_tokens or 0) for r in ok)
+
+
 def cached_share(recs: Sequence[RequestRecord]) -> float | None:
     """Share of prompt tokens the server says it reused from its cache; None when it reports none."""
     told = [r for r in _ok(recs) if r.cached_tokens is not None and r.prompt_tokens]

@@ -64,6 +64,7 @@ def test_metrics_are_sane(bench_run: tuple[dict, Path, str]) -> None:
     assert s8["requests"] == 8 and s8["completion_tokens"] > 8
     for key in ("aggregate_tok_s", "ttft_p50_s", "steady_decode_tok_s", "wall_s"):
         assert _positive(s8[key]), key
+    assert s8["computed_prompt_tokens"] > 8  # no prompt shared, nothing cached but the template's head
     assert s8["aggregate_tok_s"] * s8["wall_s"] == pytest.approx(s8["completion_tokens"], rel=1e-6)
     chat = m["chat"]
     assert chat["users"] == 16 and chat["turns"] == 2 and chat["all_turns_done"]

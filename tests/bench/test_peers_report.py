@@ -134,3 +134,23 @@ def test_plots_written(tmp_path: Path) -> None:
     assert sorted(p.name for p in pngs) == ["concurrency.png", "interference_itl.png"]
     assert all(p.stat().st_size > 1000 for p in pngs)
     assert "![concurrency](concurrency.png)" in (tmp_path / "report.md").read_text()
+
+
+def test_time_against_the_ceilings() -> None:
+    doc = _doc()
+    doc["ceilings"] = {"llama_bench": {"pp512": 50.0}, "batched_bench": {"8": 20.0, "16": 32.0}}
+    doc["runs"]["qwenhost"]["streams-8"] = {"metrics": {"wall_s": 30.0, "computed_prompt_tokens": 500,
+                                                        "completion_tokens": 200}}
+    doc["runs"]["qwenhost"]["chat"]["metrics"].update(computed_prompt_tokens=1000, completion_tokens=640)
+    doc["runs"]["llama-server"]["chat"]["metrics"].update(computed_prompt_tokens=None, completion_tokens=640)
+    rows = {(r["workload"], r["peer"]): r for r in report.ceiling_times(doc)}
+    # streams-8: 500 prompt tokens at 50 tok/s + 200 generated at npl-8's 20 tok/s
+    assert rows[("streams-8", "qwenhost")]["ceiling_s"] == pytest.approx(10 + 10)
+    assert rows[("streams-8", "qwenhost")]["times_ceiling"] == pytest.approx(1.5)
+    # chat decodes 16 users at once: npl 16
+    assert rows[("chat", "qwenhost")]["ceiling_s"] == pytest.approx(20 + 20)
+    assert rows[("chat", "qwenhost")]["times_ceiling"] == pytest.approx(1.0)
+    assert ("chat", "llama-server") not in rows  # it did not say what it computed
+    assert "| chat | qwenhost | 1000 | 640 | 40.0 | 40.0 | 1.00 |" in report.ceiling_times_table(list(rows.values()))
+    doc["ceilings"] = {}
+    assert report.ceiling_times(doc) == []

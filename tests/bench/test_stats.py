@@ -131,3 +131,13 @@ def test_cached_share_weights_by_prompt_tokens_and_skips_servers_that_do_not_say
     failed = RequestRecord(send=0.0, prompt_tokens=400, cached_tokens=400, error="HTTP 500")
     assert stats.cached_share([a, b, silent, failed]) == pytest.approx(900 / 1100)
     assert stats.cached_share([silent]) is None
+
+
+def test_computed_prompt_tokens_need_every_request_to_say() -> None:
+    a = RequestRecord(send=0.0, chunks=[1.0], completion_tokens=1, prompt_tokens=1000, cached_tokens=900)
+    b = RequestRecord(send=0.0, chunks=[1.0], completion_tokens=1, prompt_tokens=100, cached_tokens=0)
+    silent = RequestRecord(send=0.0, chunks=[1.0], completion_tokens=1, prompt_tokens=500)
+    failed = RequestRecord(send=0.0, prompt_tokens=400, cached_tokens=0, error="HTTP 500")
+    assert stats.computed_prompt_tokens([a, b, failed]) == 200  # a failed request computed nothing we count
+    assert stats.computed_prompt_tokens([a, silent]) is None  # a partial sum would understate the work
+    assert stats.computed_prompt_tokens([failed]) is None
