@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from qwenhost.api.metering import admin_principal, gateway_of, principal
+from qwenhost.gateway.audit import key_detail, key_revoke_detail, price_detail, price_remove_detail, project_detail
 from qwenhost.gateway.keys import Principal
 from qwenhost.gateway.ledger import month_of
 from qwenhost.gateway.prices import micro_to_usd, nano_to_usd, usd_to_micro
@@ -153,7 +154,7 @@ def create_project(body: ProjectIn, request: Request, who: Principal = Depends(a
         p = gw.projects.create(body.name, rpm=body.rpm, tpm=body.tpm, budget_nusd=_nusd(body.budget_usd, "budget_usd"))
     except ValueError as exc:
         raise _bad(str(exc), "name") from exc
-    gw.audit.record(who.actor, "project.create", project_id=p.id, detail=p.name, remote=_remote(request))
+    gw.audit.record(who.actor, "project.create", project_id=p.id, detail=project_detail(p), remote=_remote(request))
     return _project_json(p, 0)
 
 
@@ -166,8 +167,7 @@ def update_project(ref: str, body: LimitsIn, request: Request,
                                       budget_nusd=_nusd(body.budget_usd, "budget_usd"), clear=body.clear)
     except KeyError as exc:
         raise RequestError(404, exc.args[0], err_type="not_found_error") from exc
-    gw.audit.record(who.actor, "project.limits", project_id=p.id, detail=body.model_dump_json(),
-                    remote=_remote(request))
+    gw.audit.record(who.actor, "project.limits", project_id=p.id, detail=project_detail(p), remote=_remote(request))
     return _project_json(p, gw.ledger.spend("project", p.id, month_of(dt.datetime.now(dt.UTC))))
 
 
@@ -195,8 +195,8 @@ def create_key(body: KeyIn, request: Request, who: Principal = Depends(admin_pri
         raise _bad("expires_at is in the past; give a future date", "expires_at")
     created = gw.keys.create(proj.id, name=body.name, is_admin=body.admin, rpm=body.rpm, tpm=body.tpm,
                              budget_nusd=_nusd(body.budget_usd, "budget_usd"), expires_at=expires)
-    gw.audit.record(who.actor, "key.create", project_id=proj.id,
-                    detail=f"{created.row.prefix}{' admin' if body.admin else ''}", remote=_remote(request))
+    gw.audit.record(who.actor, "key.create", project_id=proj.id, detail=key_detail(created.row),
+                    remote=_remote(request))
     return {**_key_json(created.row, proj.name), "key": created.key}
 
 
@@ -207,7 +207,8 @@ def revoke_key(prefix: str, request: Request, who: Principal = Depends(admin_pri
         row = gw.keys.revoke(prefix)
     except KeyError as exc:
         raise RequestError(404, exc.args[0], err_type="not_found_error") from exc
-    gw.audit.record(who.actor, "key.revoke", project_id=row.project_id, detail=row.prefix, remote=_remote(request))
+    gw.audit.record(who.actor, "key.revoke", project_id=row.project_id, detail=key_revoke_detail(row),
+                    remote=_remote(request))
     return {"prefix": row.prefix, "revoked": True}
 
 
@@ -239,11 +240,12 @@ def list_prices(request: Request) -> dict[str, Any]:
 def set_price(model: str, body: PriceIn, request: Request, who: Principal = Depends(admin_principal)) -> dict:
     gw = gateway_of(request)
     try:
-        gw.prices.set(model, input_usd=str(body.input), output_usd=str(body.output),
-                      cached_usd=None if body.cached is None else str(body.cached), up_to_tokens=body.up_to_tokens)
+        tier = gw.prices.set(model, input_usd=str(body.input), output_usd=str(body.output),
+                             cached_usd=None if body.cached is None else str(body.cached),
+                             up_to_tokens=body.up_to_tokens)
     except ValueError as exc:
         raise _bad(str(exc)) from exc
-    gw.audit.record(who.actor, "price.set", detail=f"{model} {body.model_dump_json()}", remote=_remote(request))
+    gw.audit.record(who.actor, "price.set", detail=price_detail(model, tier), remote=_remote(request))
     return {"model": model, "updated": True}
 
 
@@ -253,7 +255,7 @@ def remove_price(model: str, request: Request, who: Principal = Depends(admin_pr
     n = gw.prices.remove(model)
     if n == 0:
         raise RequestError(404, f"no price for model {model!r}", err_type="not_found_error")
-    gw.audit.record(who.actor, "price.remove", detail=model, remote=_remote(request))
+    gw.audit.record(who.actor, "price.remove", detail=price_remove_detail(model, n), remote=_remote(request))
     return {"model": model, "removed": n}
 
 

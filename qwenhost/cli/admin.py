@@ -133,13 +133,10 @@ def new_table(out: Console, title: str) -> Table:
     return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
 
 
-def plain_decimal(d: Decimal) -> str:
-    """An exact amount without exponent or trailing zeros: 0.0018, 25, 0 (for CSV and audit details)."""
-    return "0" if d == 0 else format(d.normalize(), "f")
-
-
 def fmt_usd(d: Decimal | None) -> str:
     """Dollars with cents, and with every further digit there is (costs are often fractions of a cent)."""
+    from qwenhost.gateway.audit import plain_decimal
+
     if d is None:
         return "-"
     plain = plain_decimal(d)
@@ -177,13 +174,6 @@ def _budget(what: str) -> str | None:
                         help=f"Monthly spending limit for {what} in US dollars, e.g. 25 or 2.50 (a hard stop)")
 
 
-def _limits_detail(rpm: int | None, tpm: int | None, budget_nusd: int | None) -> str:
-    from qwenhost.gateway.prices import nano_to_usd
-
-    budget = "-" if budget_nusd is None else plain_decimal(nano_to_usd(budget_nusd))
-    return f"rpm={rpm or '-'} tpm={tpm or '-'} budget_usd={budget}"
-
-
 # -- projects
 
 
@@ -195,14 +185,15 @@ def projects_create(
     budget: str | None = _budget("the whole project"),
 ) -> None:
     """Create a project; its keys share its limits and budget."""
+    from qwenhost.gateway.audit import project_detail
+
     budget_nusd = parse_budget(budget)
     with open_gateway() as gw:
         try:
             row = gw.projects.create(name, rpm=limit_or_none(rpm), tpm=limit_or_none(tpm), budget_nusd=budget_nusd)
         except ValueError as exc:
             raise fail(str(exc)) from None
-        audit(gw, "project.create", project_id=row.id,
-              detail=f"name={row.name} " + _limits_detail(row.rpm, row.tpm, row.monthly_budget_nusd))
+        audit(gw, "project.create", project_id=row.id, detail=project_detail(row))
     Console().print(f"Created project [bold]{escape(row.name)}[/bold] (id {row.id}). "
                     f"Next: `qwenhost keys create --project {escape(row.name)}`")
 
@@ -240,6 +231,8 @@ def projects_limits(
     clear: bool = typer.Option(False, "--clear", help="Remove every limit (then apply any given with it)"),
 ) -> None:
     """Change a project's rate limits and monthly budget."""
+    from qwenhost.gateway.audit import project_detail
+
     if not clear and rpm is None and tpm is None and budget is None:
         raise fail("nothing to change: give --rpm, --tpm, --budget or --clear")
     remove_budget = budget is not None and budget.strip().lower() in ("none", "off")
@@ -257,8 +250,7 @@ def projects_limits(
         if budget_nusd is not None:
             new_budget = budget_nusd
         row = gw.projects.update_limits(proj.id, rpm=new_rpm, tpm=new_tpm, budget_nusd=new_budget, clear=True)
-        audit(gw, "project.limits", project_id=row.id,
-              detail=f"name={row.name} " + _limits_detail(row.rpm, row.tpm, row.monthly_budget_nusd))
+        audit(gw, "project.limits", project_id=row.id, detail=project_detail(row))
     Console().print(f"Project [bold]{escape(row.name)}[/bold]: rpm {fmt_count(row.rpm)}, tpm {fmt_count(row.tpm)}, "
                     f"monthly budget {fmt_nusd(row.monthly_budget_nusd)}")
 
@@ -278,6 +270,7 @@ def keys_create(
     admin: bool = typer.Option(False, "--admin", help="Let the key use the admin API"),
 ) -> None:
     """Create an API key and print it once on stdout (capture it with `KEY=$(qwenhost keys create ...)`)."""
+    from qwenhost.gateway.audit import key_detail
     from qwenhost.gateway.schema import utcnow
 
     if len(name) > 100:
@@ -295,9 +288,7 @@ def keys_create(
         created = gw.keys.create(proj.id, name=name, is_admin=admin, rpm=limit_or_none(rpm),
                                  tpm=limit_or_none(tpm), budget_nusd=budget_nusd, expires_at=expires_at)
         k = created.row
-        audit(gw, "key.create", project_id=proj.id,
-              detail=f"prefix={k.prefix} name={k.name!r} admin={k.is_admin} expires={fmt_time(k.expires_at)} "
-                     + _limits_detail(k.rpm, k.tpm, k.monthly_budget_nusd))
+        audit(gw, "key.create", project_id=proj.id, detail=key_detail(k))
     err.print(f"Created {'admin ' if admin else ''}key [bold]{k.prefix}[/bold] for project "
               f"[bold]{escape(proj.name)}[/bold]"
               + (f", expiring {fmt_time(k.expires_at)} UTC" if k.expires_at else "")
@@ -352,6 +343,7 @@ def keys_list(project: str | None = typer.Option(None, "--project", "-p", help="
 @keys_app.command("revoke")
 def keys_revoke(prefix: str = typer.Argument(..., help="The key's prefix (qh-1a2b3c4d) or the whole key")) -> None:
     """Revoke a key; servers refuse it within seconds."""
+    from qwenhost.gateway.audit import key_revoke_detail
     from qwenhost.gateway.keys import KEY_PREFIX, PREFIX_LEN
 
     visible = prefix.strip()[:PREFIX_LEN]  # never echo a secret that was pasted in whole
@@ -366,5 +358,5 @@ def keys_revoke(prefix: str = typer.Argument(..., help="The key's prefix (qh-1a2
             Console().print(f"Key {visible} was already revoked on {fmt_time(before.revoked_at)} UTC.")
             return
         row = gw.keys.revoke(visible)
-        audit(gw, "key.revoke", project_id=row.project_id, detail=f"prefix={row.prefix} name={row.name!r}")
+        audit(gw, "key.revoke", project_id=row.project_id, detail=key_revoke_detail(row))
     Console().print(f"Revoked key [bold]{row.prefix}[/bold]. Servers refuse it within a few seconds.")

@@ -16,7 +16,6 @@ from qwenhost.cli.admin import (
     new_table,
     open_gateway,
     parse_usd,
-    plain_decimal,
 )
 
 prices_app = typer.Typer(help="Set and list model prices (per million tokens) and local hardware costs.",
@@ -51,6 +50,7 @@ def prices_set(
                                           "(omit for the tier without an upper bound)"),
 ) -> None:
     """Set a model's price, or one tier of it (run once per tier)."""
+    from qwenhost.gateway.audit import price_detail
     from qwenhost.gateway.prices import micro_to_usd
 
     model = _model_name(model)
@@ -65,25 +65,34 @@ def prices_set(
                                  up_to_tokens=up_to)
         except ValueError as exc:
             raise fail(str(exc)) from None
-        audit(gw, "price.set",
-              detail=f"model={model} up_to={up_to if up_to is not None else '-'} "
-                     f"input_usd={plain_decimal(micro_to_usd(tier.input_musd))} "
-                     f"cached_usd={plain_decimal(micro_to_usd(tier.cached_musd))} "
-                     f"output_usd={plain_decimal(micro_to_usd(tier.output_musd))}")
+        audit(gw, "price.set", detail=price_detail(model, tier))
     span = f"prompts up to {up_to:,} tokens" if up_to is not None else "prompts of any length (no upper bound)"
     Console().print(f"{escape(model)}, {span}: input {_per_m(tier.input_musd)}, cached {_per_m(tier.cached_musd)}, "
                     f"output {_per_m(tier.output_musd)} per million tokens")
 
 
 @prices_app.command("remove")
-def prices_remove(model: str = typer.Argument(..., help="Model whose prices (every tier) to remove")) -> None:
-    """Remove every price tier of a model; its requests then cost nothing in the ledger."""
+def prices_remove(
+    model: str = typer.Argument(..., help="Model whose prices (every tier) to remove"),
+    local: bool = typer.Option(False, "--local",
+                               help="Remove the hardware cost recorded with `prices local` instead of the tiers"),
+) -> None:
+    """Remove every price tier of a model (its requests then cost nothing in the ledger), or with --local
+    its hardware cost (it then leaves the "what a million tokens cost you here" table)."""
+    from qwenhost.gateway.audit import price_remove_detail
+
     with open_gateway() as gw:
-        n = gw.prices.remove(model)
-        if n == 0:
-            raise fail(f"no prices are set for {model!r}; `qwenhost prices list` shows them")
-        audit(gw, "price.remove", detail=f"model={model} tiers={n}")
-    Console().print(f"Removed {n} price tier{'s' if n != 1 else ''} of {escape(model)}.")
+        if local:
+            if not gw.prices.remove_local_cost(model):
+                raise fail(f"no hardware cost is recorded for {model!r}; `qwenhost prices list` shows them")
+            audit(gw, "price.local_remove", detail=f"model={model}")
+        else:
+            n = gw.prices.remove(model)
+            if n == 0:
+                raise fail(f"no prices are set for {model!r}; `qwenhost prices list` shows them")
+            audit(gw, "price.remove", detail=price_remove_detail(model, n))
+    Console().print(f"Removed the hardware cost of {escape(model)}." if local else
+                    f"Removed {n} price tier{'s' if n != 1 else ''} of {escape(model)}.")
 
 
 @prices_app.command("local")
@@ -95,6 +104,7 @@ def prices_local(
                                           help="A priced cloud model to compare with in `prices list`"),
 ) -> None:
     """Record what running a local model costs per hour, to see what a million tokens cost you here."""
+    from qwenhost.gateway.audit import local_cost_detail
     from qwenhost.gateway.prices import micro_to_usd
 
     model = _model_name(model)
@@ -105,8 +115,7 @@ def prices_local(
             gw.prices.set_local_cost(model, str(micro_to_usd(musd)), compare_to)
         except ValueError as exc:
             raise fail(str(exc)) from None
-        audit(gw, "price.local", detail=f"model={model} usd_per_hour={plain_decimal(micro_to_usd(musd))} "
-                                        f"compare_to={compare_to or '-'}")
+        audit(gw, "price.local", detail=local_cost_detail(model, musd, compare_to))
         unpriced = compare_to is not None and compare_to not in gw.prices.all()
     Console().print(f"{escape(model)} runs on hardware costing {fmt_usd(micro_to_usd(musd))} per hour"
                     + (f", compared with {escape(compare_to)}" if compare_to else "") + ".")

@@ -19,7 +19,6 @@ from qwenhost.cli.admin import (
     new_table,
     open_gateway,
     parse_when,
-    plain_decimal,
 )
 
 NUMBERS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens")
@@ -52,6 +51,8 @@ def usage(
     for r in rows:
         r.group = names.get(r.group, r.group)  # by project the report gives ids; people read names
     if as_csv:
+        from qwenhost.gateway.audit import plain_decimal
+
         w = csv.writer(sys.stdout, lineterminator="\n")
         w.writerow([label, *NUMBERS, "cost_usd"])
         for r in rows:

@@ -6,11 +6,13 @@ import datetime as dt
 import logging
 import threading
 import time
+from decimal import Decimal
 
 from sqlalchemy import select
 
 from qwenhost.gateway.db import Database
-from qwenhost.gateway.schema import AuditEvent, utcnow
+from qwenhost.gateway.prices import PriceTier, micro_to_usd, nano_to_usd
+from qwenhost.gateway.schema import ApiKey, AuditEvent, Project, utcnow
 
 log = logging.getLogger("qwenhost.audit")
 FAILURE_LOG_INTERVAL_S = 1.0  # at most one auth-failure row per remote address per second (a flood stays cheap)
@@ -53,3 +55,48 @@ class AuditLog:
             if since is not None:
                 q = q.where(AuditEvent.created_at >= since)
             return list(s.scalars(q))
+
+
+# What an admin action's row says, one format whichever way it came (CLI or HTTP), so that reading the log
+# or grepping it never depends on the tool an admin used: `field=value` pairs, amounts as exact decimals,
+# "-" for "none".
+
+
+def plain_decimal(d: Decimal) -> str:
+    """An exact amount without exponent or trailing zeros: 0.0018, 25, 0 (for CSV and audit details)."""
+    return "0" if d == 0 else format(d.normalize(), "f")
+
+
+def limits_detail(rpm: int | None, tpm: int | None, budget_nusd: int | None) -> str:
+    budget = "-" if budget_nusd is None else plain_decimal(nano_to_usd(budget_nusd))
+    return f"rpm={rpm or '-'} tpm={tpm or '-'} budget_usd={budget}"
+
+
+def project_detail(p: Project) -> str:
+    return f"name={p.name} " + limits_detail(p.rpm, p.tpm, p.monthly_budget_nusd)
+
+
+def key_detail(k: ApiKey) -> str:
+    expires = k.expires_at.strftime("%Y-%m-%d %H:%M") if k.expires_at is not None else "-"
+    return (f"prefix={k.prefix} name={k.name!r} admin={k.is_admin} expires={expires} "
+            + limits_detail(k.rpm, k.tpm, k.monthly_budget_nusd))
+
+
+def key_revoke_detail(k: ApiKey) -> str:
+    return f"prefix={k.prefix} name={k.name!r}"
+
+
+def price_detail(model: str, tier: PriceTier) -> str:
+    return (f"model={model} up_to={tier.up_to_tokens if tier.up_to_tokens is not None else '-'} "
+            f"input_usd={plain_decimal(micro_to_usd(tier.input_musd))} "
+            f"cached_usd={plain_decimal(micro_to_usd(tier.cached_musd))} "
+            f"output_usd={plain_decimal(micro_to_usd(tier.output_musd))}")
+
+
+def price_remove_detail(model: str, tiers: int) -> str:
+    return f"model={model} tiers={tiers}"
+
+
+def local_cost_detail(model: str, hardware_musd_per_hour: int, compare_to: str | None) -> str:
+    return (f"model={model} usd_per_hour={plain_decimal(micro_to_usd(hardware_musd_per_hour))} "
+            f"compare_to={compare_to or '-'}")

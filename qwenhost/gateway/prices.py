@@ -124,6 +124,13 @@ class PriceBook:
             s.merge(row)
             s.commit()
 
+    def remove_local_cost(self, model: str) -> bool:
+        """Forget a model's hardware cost; False when none was recorded. Its ledger rows stay."""
+        with self.db.session() as s:
+            n = s.execute(delete(LocalCost).where(LocalCost.model == model)).rowcount
+            s.commit()
+        return bool(n)
+
     def local_costs(self) -> list[LocalCost]:
         with self.db.session() as s:
             return list(s.scalars(select(LocalCost).order_by(LocalCost.model)))

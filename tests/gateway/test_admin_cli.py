@@ -264,6 +264,15 @@ def test_local_cost_per_million(cli: Run, db_url: str) -> None:
         details = [e.detail for e in gw.audit.list() if e.action == "price.local"]
     assert details[-1] == "model=qwen3-8b usd_per_hour=2 compare_to=qwen-max"
 
+    assert "Removed the hardware cost of qwen3-32b." in words(cli("prices", "remove", "qwen3-32b", "--local").stdout)
+    local_rows = [r[0] for r in table_rows(cli("prices", "list").stdout) if r[1].endswith("/h")]
+    assert local_rows == ["qwen3-8b"]  # the other stays
+    assert "no hardware cost is recorded for 'qwen3-32b'" in words(
+        cli("prices", "remove", "qwen3-32b", "--local", code=2).stderr)
+    with fresh(db_url) as gw:
+        assert [e.detail for e in gw.audit.list() if e.action == "price.local_remove"] == ["model=qwen3-32b"]
+        assert set(gw.prices.all()) == {"qwen-max"}  # --local never touches price tiers
+
 
 def test_audit_command(cli: Run, db_url: str) -> None:
     cli("projects", "create", "acme")

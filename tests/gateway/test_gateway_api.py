@@ -181,6 +181,14 @@ def test_admin_routes(site) -> None:  # type: ignore[no-untyped-def]
     actor = "key:" + keys["admin"][:11]
     for action in ("project.create", "key.create", "price.set", "key.revoke"):
         assert (action, actor) in actions
+    # The rows read as the CLI's do (tests/gateway/test_admin_cli.py): one format whichever way a change came.
+    details = {e["action"]: e["detail"] for e in httpx.get(srv.base + "/admin/audit", headers=h,
+                                                           timeout=10).json()["data"] if e["actor"] == actor}
+    assert details["project.create"] == "name=gamma rpm=100 tpm=- budget_usd=2.5"
+    assert details["key.create"] == (f"prefix={new_key[:11]} name='svc' admin=False expires=- "
+                                     "rpm=- tpm=5000 budget_usd=-")
+    assert details["price.set"] == "model=qwen3-max up_to=32768 input_usd=1.2 cached_usd=1.2 output_usd=6"
+    assert details["key.revoke"] == f"prefix={new_key[:11]} name='svc'"
 
 
 def test_auth_turns_on_when_the_first_key_appears(tmp_path: Path) -> None:
