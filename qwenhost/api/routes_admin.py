@@ -12,12 +12,20 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from qwenhost.api.metering import admin_principal, gateway_of, principal
-from qwenhost.gateway.audit import key_detail, key_revoke_detail, price_detail, price_remove_detail, project_detail
+from qwenhost.gateway.audit import (
+    key_detail,
+    key_revoke_detail,
+    local_cost_detail,
+    local_cost_remove_detail,
+    price_detail,
+    price_remove_detail,
+    project_detail,
+)
 from qwenhost.gateway.keys import Principal
 from qwenhost.gateway.ledger import month_of
-from qwenhost.gateway.prices import micro_to_usd, nano_to_usd, usd_to_micro
+from qwenhost.gateway.prices import micro_to_usd, nano_to_usd, usd_per_million, usd_to_micro
 from qwenhost.gateway.schema import ApiKey, Project
-from qwenhost.gateway.usage import usage_report
+from qwenhost.gateway.usage import busy_throughput, usage_report
 from qwenhost.router.local import RequestError
 
 router = APIRouter()
@@ -57,6 +65,14 @@ class PriceIn(_Body):
     output: float | str
     cached: float | str | None = None
     up_to_tokens: int | None = Field(default=None, ge=1)
+
+
+class LocalCostIn(_Body):
+    per_hour_usd: float | str
+    compare_to: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+MODEL_NAME_MAX = 200  # the model columns' width
 
 
 def _bad(message: str, param: str | None = None) -> RequestError:
@@ -257,6 +273,46 @@ def remove_price(model: str, request: Request, who: Principal = Depends(admin_pr
         raise RequestError(404, f"no price for model {model!r}", err_type="not_found_error")
     gw.audit.record(who.actor, "price.remove", detail=price_remove_detail(model, n), remote=_remote(request))
     return {"model": model, "removed": n}
+
+
+@admin.get("/local-costs")
+def list_local_costs(request: Request) -> dict[str, Any]:
+    """Own hardware: what it costs per hour, the throughput measured from the ledger, and so per million."""
+    gw = gateway_of(request)
+    data = []
+    for lc in gw.prices.local_costs():
+        tp = busy_throughput(gw.db, [lc.model])
+        here = usd_per_million(lc.hardware_musd_per_hour, tp.tokens_per_second) if tp.tokens > 0 else None
+        data.append({"model": lc.model, "per_hour_usd": str(micro_to_usd(lc.hardware_musd_per_hour)),
+                     "compare_to": lc.compare_to, "tokens": tp.tokens, "busy_seconds": round(tp.busy_seconds, 3),
+                     "per_m_usd": None if here is None else str(here)})
+    return {"object": "list", "data": data}
+
+
+@admin.put("/local-costs/{model:path}")
+def set_local_cost(model: str, body: LocalCostIn, request: Request,
+                   who: Principal = Depends(admin_principal)) -> dict[str, Any]:
+    if len(model) > MODEL_NAME_MAX:
+        raise _bad(f"the model name must be at most {MODEL_NAME_MAX} characters (got {len(model)})")
+    gw = gateway_of(request)
+    try:
+        musd = usd_to_micro(body.per_hour_usd, "per_hour_usd")
+        gw.prices.set_local_cost(model, str(micro_to_usd(musd)), body.compare_to)
+    except ValueError as exc:
+        raise _bad(str(exc), "per_hour_usd") from exc
+    gw.audit.record(who.actor, "price.local", detail=local_cost_detail(model, musd, body.compare_to),
+                    remote=_remote(request))
+    return {"model": model, "updated": True}
+
+
+@admin.delete("/local-costs/{model:path}")
+def remove_local_cost(model: str, request: Request, who: Principal = Depends(admin_principal)) -> dict[str, Any]:
+    gw = gateway_of(request)
+    if not gw.prices.remove_local_cost(model):
+        raise RequestError(404, f"no hardware cost is recorded for model {model!r}", err_type="not_found_error")
+    gw.audit.record(who.actor, "price.local_remove", detail=local_cost_remove_detail(model),
+                    remote=_remote(request))
+    return {"model": model, "removed": True}
 
 
 @admin.get("/audit")

@@ -79,13 +79,13 @@ def prices_remove(
 ) -> None:
     """Remove every price tier of a model (its requests then cost nothing in the ledger), or with --local
     its hardware cost (it then leaves the "what a million tokens cost you here" table)."""
-    from qwenhost.gateway.audit import price_remove_detail
+    from qwenhost.gateway.audit import local_cost_remove_detail, price_remove_detail
 
     with open_gateway() as gw:
         if local:
             if not gw.prices.remove_local_cost(model):
                 raise fail(f"no hardware cost is recorded for {model!r}; `qwenhost prices list` shows them")
-            audit(gw, "price.local_remove", detail=f"model={model}")
+            audit(gw, "price.local_remove", detail=local_cost_remove_detail(model))
         else:
             n = gw.prices.remove(model)
             if n == 0:

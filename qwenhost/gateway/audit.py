@@ -100,3 +100,7 @@ def price_remove_detail(model: str, tiers: int) -> str:
 def local_cost_detail(model: str, hardware_musd_per_hour: int, compare_to: str | None) -> str:
     return (f"model={model} usd_per_hour={plain_decimal(micro_to_usd(hardware_musd_per_hour))} "
             f"compare_to={compare_to or '-'}")
+
+
+def local_cost_remove_detail(model: str) -> str:
+    return f"model={model}"

@@ -103,7 +103,8 @@ ADMIN_CALLS = [
     ("POST", "/admin/keys", {"project": "alpha"}), ("DELETE", "/admin/keys/qh-00000000", None),
     ("GET", "/admin/usage", None), ("GET", "/admin/prices", None),
     ("PUT", "/admin/prices/echo", {"input": 1, "output": 1}), ("DELETE", "/admin/prices/echo", None),
-    ("GET", "/admin/audit", None),
+    ("GET", "/admin/local-costs", None), ("PUT", "/admin/local-costs/echo", {"per_hour_usd": 1}),
+    ("DELETE", "/admin/local-costs/echo", None), ("GET", "/admin/audit", None),
 ]
 OWN_DATA_ROUTES = {"/v1/usage", "/v1/me"}
 MODEL_ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/models"}
@@ -114,7 +115,7 @@ def test_every_route_is_classified(site) -> None:  # type: ignore[no-untyped-def
     srv, _, _ = site
     paths = set(httpx.get(srv.base + "/openapi.json", timeout=10).json()["paths"])
     admin_paths = {p for _, p, _ in ADMIN_CALLS}
-    templated = {"/admin/projects/{ref}", "/admin/keys/{prefix}", "/admin/prices/{model}"}
+    templated = {"/admin/projects/{ref}", "/admin/keys/{prefix}", "/admin/prices/{model}", "/admin/local-costs/{model}"}
     unclassified = paths - OWN_DATA_ROUTES - MODEL_ROUTES - OPEN_ROUTES - admin_paths - templated
     assert not unclassified, f"decide who may call these routes and add them to the isolation test: {unclassified}"
 
@@ -189,6 +190,28 @@ def test_admin_routes(site) -> None:  # type: ignore[no-untyped-def]
                                      "rpm=- tpm=5000 budget_usd=-")
     assert details["price.set"] == "model=qwen3-max up_to=32768 input_usd=1.2 cached_usd=1.2 output_usd=6"
     assert details["key.revoke"] == f"prefix={new_key[:11]} name='svc'"
+
+
+def test_local_costs_over_http(site) -> None:  # type: ignore[no-untyped-def]
+    srv, gw, keys = site
+    h = {"Authorization": "Bearer " + keys["admin"]}
+    url = srv.base + "/admin/local-costs/"
+    r = httpx.put(url + "qwen3-8b", json={"per_hour_usd": "1.8", "compare_to": "qwen-plus"}, headers=h, timeout=10)
+    assert r.status_code == 200
+    listed = {c["model"]: c for c in httpx.get(srv.base + "/admin/local-costs", headers=h, timeout=10).json()["data"]}
+    # No local request of this model in the ledger yet: a rate but no measured cost per million.
+    assert listed["qwen3-8b"] == {"model": "qwen3-8b", "per_hour_usd": "1.8", "compare_to": "qwen-plus",
+                                  "tokens": 0, "busy_seconds": 0.0, "per_m_usd": None}
+    bad = httpx.put(url + "qwen3-8b", json={"per_hour_usd": -1}, headers=h, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "per_hour_usd"
+    assert httpx.put(url + "m" * 201, json={"per_hour_usd": 1}, headers=h, timeout=10).status_code == 400
+    assert httpx.delete(url + "qwen3-8b", headers=h, timeout=10).json() == {"model": "qwen3-8b", "removed": True}
+    gone = httpx.delete(url + "qwen3-8b", headers=h, timeout=10)
+    assert gone.status_code == 404 and "no hardware cost" in gone.json()["error"]["message"]
+    actor = "key:" + keys["admin"][:11]
+    rows = [(e.action, e.detail) for e in reversed(gw.audit.list()) if e.actor == actor and "local" in e.action]
+    assert rows == [("price.local", "model=qwen3-8b usd_per_hour=1.8 compare_to=qwen-plus"),
+                    ("price.local_remove", "model=qwen3-8b")]
 
 
 def test_auth_turns_on_when_the_first_key_appears(tmp_path: Path) -> None:
