@@ -23,9 +23,9 @@ from qwenhost.gateway.audit import (
 )
 from qwenhost.gateway.keys import Principal
 from qwenhost.gateway.ledger import month_of
-from qwenhost.gateway.prices import micro_to_usd, nano_to_usd, usd_per_million, usd_to_micro
+from qwenhost.gateway.prices import micro_to_usd, nano_to_usd, usd_to_micro
 from qwenhost.gateway.schema import ApiKey, Project
-from qwenhost.gateway.usage import busy_throughput, usage_report
+from qwenhost.gateway.usage import local_cost_reports, usage_report
 from qwenhost.router.local import RequestError
 
 router = APIRouter()
@@ -280,12 +280,11 @@ def list_local_costs(request: Request) -> dict[str, Any]:
     """Own hardware: what it costs per hour, the throughput measured from the ledger, and so per million."""
     gw = gateway_of(request)
     data = []
-    for lc in gw.prices.local_costs():
-        tp = busy_throughput(gw.db, [lc.model])
-        here = usd_per_million(lc.hardware_musd_per_hour, tp.tokens_per_second) if tp.tokens > 0 else None
-        data.append({"model": lc.model, "per_hour_usd": str(micro_to_usd(lc.hardware_musd_per_hour)),
-                     "compare_to": lc.compare_to, "tokens": tp.tokens, "busy_seconds": round(tp.busy_seconds, 3),
-                     "per_m_usd": None if here is None else str(here)})
+    for r in local_cost_reports(gw.db, gw.prices.local_costs()):
+        data.append({"model": r.cost.model, "per_hour_usd": str(micro_to_usd(r.cost.hardware_musd_per_hour)),
+                     "compare_to": r.cost.compare_to, "tokens": r.throughput.tokens,
+                     "busy_seconds": round(r.throughput.busy_seconds, 3),
+                     "per_m_usd": None if r.usd_per_million is None else str(r.usd_per_million)})
     return {"object": "list", "data": data}
 
 

@@ -127,12 +127,12 @@ def prices_local(
 @prices_app.command("list")
 def prices_list() -> None:
     """Show every model's price tiers and, for local models, what a million tokens cost you here."""
-    from qwenhost.gateway.prices import micro_to_usd, usd_per_million
-    from qwenhost.gateway.usage import busy_throughput
+    from qwenhost.gateway.prices import micro_to_usd
+    from qwenhost.gateway.usage import local_cost_reports
 
     with open_gateway() as gw:
         tiers = gw.prices.all()
-        local = [(lc, busy_throughput(gw.db, [lc.model])) for lc in gw.prices.local_costs()]
+        local = local_cost_reports(gw.db, gw.prices.local_costs())
     out = Console()
     if not tiers and not local:
         out.print("No prices set. Set one with `qwenhost prices set MODEL --input USD --output USD`.")
@@ -154,11 +154,10 @@ def prices_list() -> None:
     table = new_table(out, "What a million tokens cost you here (throughput measured over busy time)")
     for col in ("local model", "hardware", "measured", "per M here", "vs cloud", "cloud per M (in / out)"):
         table.add_column(col, justify="right" if col in ("hardware", "per M here") else "left", overflow="fold")
-    for lc, tp in local:
-        tps = tp.tokens_per_second
-        here = usd_per_million(lc.hardware_musd_per_hour, tps) if tp.tokens > 0 else None
+    for report in local:
+        lc, tp, here = report.cost, report.throughput, report.usd_per_million
         if here is not None:
-            measured = f"{tps:,.1f} tokens/s ({tp.tokens:,} tokens in {tp.busy_seconds:,.1f} s busy)"
+            measured = f"{tp.tokens_per_second:,.1f} tokens/s ({tp.tokens:,} tokens in {tp.busy_seconds:,.1f} s busy)"
         else:  # rows with no latency (e.g. every request failed at once) give tokens but no time to divide by
             measured = NO_LOCAL_USAGE if tp.tokens == 0 else "no busy time recorded yet; serve some requests first"
         cloud_price = "-"

@@ -10,8 +10,8 @@ from decimal import Decimal
 from sqlalchemy import func, select
 
 from qwenhost.gateway.db import Database
-from qwenhost.gateway.prices import nano_to_usd
-from qwenhost.gateway.schema import ApiKey, UsageRecord
+from qwenhost.gateway.prices import nano_to_usd, usd_per_million
+from qwenhost.gateway.schema import ApiKey, LocalCost, UsageRecord
 
 GROUPINGS = ("model", "key", "day", "project")
 
@@ -101,3 +101,21 @@ def busy_throughput(db: Database, model_names: list[str], since: dt.datetime | N
     if cur_end is not None and cur_start is not None:
         busy += (cur_end - cur_start).total_seconds()
     return Throughput(tokens, completion, busy)
+
+
+@dataclass(frozen=True)
+class LocalCostReport:
+    """A local model's hardware cost beside what the ledger measured: what a million tokens cost here."""
+
+    cost: LocalCost
+    throughput: Throughput
+    usd_per_million: Decimal | None  # None until local requests with a duration are recorded
+
+
+def local_cost_reports(db: Database, costs: list[LocalCost]) -> list[LocalCostReport]:
+    reports = []
+    for lc in costs:
+        tp = busy_throughput(db, [lc.model])
+        here = usd_per_million(lc.hardware_musd_per_hour, tp.tokens_per_second) if tp.tokens > 0 else None
+        reports.append(LocalCostReport(lc, tp, here))
+    return reports
