@@ -23,7 +23,7 @@ from qwenhost.gateway.audit import (
 )
 from qwenhost.gateway.keys import Principal
 from qwenhost.gateway.ledger import month_of
-from qwenhost.gateway.prices import micro_to_usd, nano_to_usd, usd_to_micro
+from qwenhost.gateway.prices import check_model_name, micro_to_usd, nano_to_usd, usd_to_micro
 from qwenhost.gateway.schema import ApiKey, Project
 from qwenhost.gateway.usage import local_cost_reports, usage_report
 from qwenhost.router.local import RequestError
@@ -70,9 +70,6 @@ class PriceIn(_Body):
 class LocalCostIn(_Body):
     per_hour_usd: float | str
     compare_to: str | None = Field(default=None, min_length=1, max_length=200)
-
-
-MODEL_NAME_MAX = 200  # the model columns' width
 
 
 def _bad(message: str, param: str | None = None) -> RequestError:
@@ -291,9 +288,11 @@ def list_local_costs(request: Request) -> dict[str, Any]:
 @admin.put("/local-costs/{model:path}")
 def set_local_cost(model: str, body: LocalCostIn, request: Request,
                    who: Principal = Depends(admin_principal)) -> dict[str, Any]:
-    if len(model) > MODEL_NAME_MAX:
-        raise _bad(f"the model name must be at most {MODEL_NAME_MAX} characters (got {len(model)})")
     gw = gateway_of(request)
+    try:
+        check_model_name(model)
+    except ValueError as exc:
+        raise _bad(str(exc)) from exc
     try:
         musd = usd_to_micro(body.per_hour_usd, "per_hour_usd")
         gw.prices.set_local_cost(model, str(micro_to_usd(musd)), body.compare_to)

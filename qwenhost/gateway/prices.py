@@ -52,6 +52,16 @@ def cost_nusd(tier: PriceTier, prompt: int, cached: int, completion: int) -> int
     return (pico + 500) // 1000
 
 
+MODEL_NAME_MAX = 200  # the model columns' width; PostgreSQL refuses longer names, SQLite would not
+
+
+def check_model_name(model: str) -> None:
+    if not model.strip():
+        raise ValueError("model must not be empty")
+    if len(model) > MODEL_NAME_MAX:
+        raise ValueError(f"the model name must be at most {MODEL_NAME_MAX} characters (got {len(model)})")
+
+
 class PriceBook:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -61,8 +71,7 @@ class PriceBook:
 
     def set(self, model: str, *, input_usd: str, output_usd: str, cached_usd: str | None = None,
             up_to_tokens: int | None = None) -> PriceTier:
-        if not model.strip():
-            raise ValueError("model must not be empty")
+        check_model_name(model)
         if up_to_tokens is not None and up_to_tokens < 1:
             raise ValueError("up_to_tokens must be a positive number of prompt tokens")
         tier = PriceTier(up_to_tokens, usd_to_micro(input_usd, "input price"),
@@ -117,6 +126,7 @@ class PriceBook:
 
     # -- own hardware
     def set_local_cost(self, model: str, hardware_usd_per_hour: str, compare_to: str | None = None) -> None:
+        check_model_name(model)
         musd = usd_to_micro(hardware_usd_per_hour, "hardware cost per hour")
         with self.db.session() as s:
             row = s.get(LocalCost, model) or LocalCost(model=model)

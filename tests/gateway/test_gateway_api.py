@@ -171,6 +171,9 @@ def test_admin_routes(site) -> None:  # type: ignore[no-untyped-def]
             "output_per_m_usd": "6"} in prices
     assert httpx.put(srv.base + "/admin/prices/x", json={"input": -1, "output": 1}, headers=h,
                      timeout=10).status_code == 400
+    too_long = httpx.put(srv.base + "/admin/prices/" + "m" * 201, json={"input": 1, "output": 1}, headers=h,
+                         timeout=10)  # PostgreSQL's column would refuse it: a 400 that says why, not a 500
+    assert too_long.status_code == 400 and "at most 200 characters" in too_long.json()["error"]["message"]
     r = httpx.delete(srv.base + f"/admin/keys/{new_key[:11]}", headers=h, timeout=10)
     assert r.json() == {"prefix": new_key[:11], "revoked": True}
     with pytest.raises(openai.AuthenticationError):
