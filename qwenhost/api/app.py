@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qwenhost.api.errors import error_response, install_error_handlers
+from qwenhost.api.hot_path import HOT_PATHS, HotRoutes
 from qwenhost.api.metering import principal
 from qwenhost.api.routes_admin import router as admin_router
 from qwenhost.api.routes_openai import router as openai_router
@@ -77,6 +78,8 @@ def create_app(state: ServerState) -> FastAPI:
                              ["route", "status"], registry=state.registry)
     install_error_handlers(app)
 
+    # Added first, so it runs inside the guard (which counts its responses too).
+    app.add_middleware(HotRoutes, fastapi_app=app, router=openai_router, paths=HOT_PATHS)
     app.add_middleware(_GuardAndCount, state=state, requests_total=requests_total)
 
     @app.get("/health")

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from fastapi.responses import JSONResponse
 
 from qwenhost.api.metering import Meter, gateway_of, principal
+from qwenhost.api.sse import EventStream, EventTemplate, sse_event
 from qwenhost.api.state import ServerState
 from qwenhost.gateway.keys import Principal
 from qwenhost.router.backend import Backend
@@ -45,37 +43,22 @@ def _usage(f: Finish) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": f.cached_tokens}}
 
 
-def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
-
-
 async def _first_and_rest(agen: AsyncIterator[Delta | Finish]) -> tuple[Delta | Finish, AsyncIterator]:
     """Pull the first event before answering, so queue-full and other early errors get their status code."""
     first = await agen.__anext__()
     return first, agen
 
 
-class _MeteredStream(StreamingResponse):
-    """An event stream that settles its request as soon as the response ends, however it ends.
+def _stream(body: AsyncGenerator[bytes, None], meter: Meter, agen: AsyncIterator[Delta | Finish],
+            headers: dict[str, str] | None = None) -> EventStream:
+    """The event stream of one request, billed however it ends: when the client leaves, the body generator
+    is left suspended (or never started), so its own ``finally`` cannot be what bills it."""
+    async def cleanup() -> None:
+        meter.abandoned("disconnected")  # for a body that never started; else a no-op
+        with contextlib.suppress(Exception):
+            await agen.aclose()  # type: ignore[attr-defined]
 
-    When the client leaves, Starlette cancels the send loop and leaves the body generator suspended (or never
-    started), so its ``finally`` (which bills what was generated and stops the backend) would run only when
-    the garbage collector finds the generator: in a quiet server not at all, and the request went unbilled."""
-
-    def __init__(self, body: AsyncGenerator[bytes, None], meter: Meter, agen: AsyncIterator[Delta | Finish],
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(body, media_type="text/event-stream", headers=headers)
-        self._body, self._meter, self._agen = body, meter, agen
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):  # also when the server is shutting down and cancels us
-                await self._body.aclose()
-                self._meter.abandoned("disconnected")  # for a body that never started; else a no-op
-                with contextlib.suppress(Exception):
-                    await self._agen.aclose()
+    return EventStream(body, cleanup, headers)
 
 
 async def _watch_disconnect(request: Request, task: asyncio.Task) -> None:
@@ -153,8 +136,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     meter = await _admit(request, who, backend, prep, rid, body.model)
     first, agen = await _first_and_rest(backend.stream(prep))
     if body.stream:
-        return _MeteredStream(_chat_sse(rid, created, body, state, first, agen, meter), meter, agen,
-                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _stream(_chat_sse(rid, created, body, state, first, agen, meter), meter, agen,
+                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     deltas, fin = await _collect(request, _prepend(first, agen), meter)
     return JSONResponse({
         "id": rid, "object": "chat.completion", "created": created, "model": body.model,
@@ -177,11 +160,17 @@ async def _chat_sse(rid: str, created: int, body: ChatCompletionRequest, state: 
     base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": body.model,
             "system_fingerprint": state.fingerprint}
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        obj = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+    def obj(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        o = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
         if include_usage:
-            obj["usage"] = None
-        return _sse(obj)
+            o["usage"] = None
+        return o
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return sse_event(obj(delta, finish))
+
+    content = EventTemplate(lambda text: obj({"content": text}))
+    reasoning = EventTemplate(lambda text: obj({"reasoning_content": text}))
 
     try:
         yield chunk({"role": "assistant", "content": ""})
@@ -190,18 +179,18 @@ async def _chat_sse(rid: str, created: int, body: ChatCompletionRequest, state: 
                 await meter.completed(ev)  # on disk before the client sees the end of the stream
                 yield chunk({}, ev.reason)
                 if include_usage:
-                    yield _sse({**base, "choices": [], "usage": _usage(ev)})
+                    yield sse_event({**base, "choices": [], "usage": _usage(ev)})
                 break
             if ev.reasoning:
-                yield chunk({"reasoning_content": ev.reasoning})
+                yield reasoning.make(ev.reasoning)
             if ev.content:
-                yield chunk({"content": ev.content})
+                yield content.make(ev.content)
             if ev.tool_call:
                 yield chunk({"tool_calls": [ev.tool_call]})
         yield b"data: [DONE]\n\n"
     except RequestError as exc:
         meter.abandoned("failed")
-        yield _sse({"error": {"message": exc.message, "type": exc.err_type, "param": exc.param, "code": exc.code}})
+        yield sse_event({"error": {"message": exc.message, "type": exc.err_type, "param": exc.param, "code": exc.code}})
     finally:
         meter.abandoned("disconnected")  # no-op when already billed
         with contextlib.suppress(Exception):
@@ -221,29 +210,31 @@ async def completions(body: CompletionRequest, request: Request, who: Principal 
             "system_fingerprint": state.fingerprint}
     echo = prep.prompt_text if body.echo else ""
     if body.stream:
+        text = EventTemplate(lambda t: {**base, "choices": [{"index": 0, "text": t, "finish_reason": None}]})
+
         async def sse() -> AsyncGenerator[bytes, None]:
             try:
                 if echo:
-                    yield _sse({**base, "choices": [{"index": 0, "text": echo, "finish_reason": None}]})
+                    yield sse_event({**base, "choices": [{"index": 0, "text": echo, "finish_reason": None}]})
                 async for ev in _prepend(first, agen):
                     if isinstance(ev, Finish):
                         await meter.completed(ev)
-                        yield _sse({**base, "choices": [{"index": 0, "text": "", "finish_reason": ev.reason}]})
+                        yield sse_event({**base, "choices": [{"index": 0, "text": "", "finish_reason": ev.reason}]})
                         if body.stream_options and body.stream_options.include_usage:
-                            yield _sse({**base, "choices": [], "usage": _usage(ev)})
+                            yield sse_event({**base, "choices": [], "usage": _usage(ev)})
                         break
                     if ev.content:
-                        yield _sse({**base, "choices": [{"index": 0, "text": ev.content, "finish_reason": None}]})
+                        yield text.make(ev.content)
                 yield b"data: [DONE]\n\n"
             except RequestError as exc:
                 meter.abandoned("failed")
-                yield _sse({"error": {"message": exc.message, "type": exc.err_type, "param": exc.param,
+                yield sse_event({"error": {"message": exc.message, "type": exc.err_type, "param": exc.param,
                                       "code": exc.code}})
             finally:
                 meter.abandoned("disconnected")
                 with contextlib.suppress(Exception):
                     await agen.aclose()
-        return _MeteredStream(sse(), meter, agen)
+        return _stream(sse(), meter, agen)
     deltas, fin = await _collect(request, _prepend(first, agen), meter)
     text = echo + "".join(d.content or "" for d in deltas)
     return JSONResponse({**base, "choices": [{"index": 0, "text": text, "finish_reason": fin.reason,

@@ -1,0 +1,154 @@
+"""The completion routes' direct path (qwenhost/api/hot_path.py) and the SSE encoding (qwenhost/api/sse.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import openai
+import pytest
+
+from qwenhost.api.app import create_app
+from qwenhost.api.hot_path import HOT_PATHS, HotRoutes
+from qwenhost.api.routes_openai import router as openai_router
+from qwenhost.api.sse import EventStream, EventTemplate, sse_event
+from qwenhost.api.state import ServerState
+from qwenhost.gateway.db import Database
+from qwenhost.gateway.service import Gateway
+from qwenhost.router.echo import ECHO_MODEL, EchoBackend
+from qwenhost.router.openai_types import ChatCompletionRequest, CompletionRequest
+from tests.api.test_loading import serve_state
+
+
+@pytest.fixture()
+def echo_server(tmp_path):  # type: ignore[no-untyped-def]
+    gateway = Gateway(Database(f"sqlite:///{tmp_path / 'gw.db'}"))
+    gateway.configure_auth("127.0.0.1")
+    state = ServerState(model_id=ECHO_MODEL, gateway=gateway)
+    state.set_backend(EchoBackend())
+    server, base = serve_state(state)
+    yield base
+    server.should_exit = True
+
+
+@pytest.mark.parametrize("text", ["", "plain", 'quote " and \\ backslash', "new\nline\ttab", "ünïcödé 你好 🙂",
+                                  "\x00 nul and \x1f control", "</script>", "\u2028\u2029"])
+def test_event_template_is_byte_for_byte_the_encoded_object(text: str) -> None:
+    def build(t: str) -> dict:
+        return {"id": "chatcmpl-1", "model": 'm"x', "choices": [{"index": 0, "delta": {"content": t},
+                                                                  "finish_reason": None}], "usage": None}
+
+    assert EventTemplate(build).make(text) == sse_event(build(text))
+    assert json.loads(EventTemplate(build).make(text)[len(b"data: "):])["choices"][0]["delta"]["content"] == text
+
+
+def test_event_template_needs_its_string_once() -> None:
+    with pytest.raises(ValueError):
+        EventTemplate(lambda t: {"a": "fixed"})
+    with pytest.raises(ValueError):
+        EventTemplate(lambda t: {"a": t, "b": t})
+
+
+def test_the_direct_path_finds_both_completion_routes(tmp_path) -> None:
+    # If FastAPI changes how routers keep their routes, this fails instead of the direct path going quietly unused.
+    app = create_app(ServerState(model_id=ECHO_MODEL, gateway=Gateway(Database(f"sqlite:///{tmp_path / 'g.db'}"))))
+    hot = HotRoutes(app, fastapi_app=app, router=openai_router, paths=HOT_PATHS)._hot()
+    assert {p: m for p, (_, m, _) in hot.items()} == {"/v1/chat/completions": ChatCompletionRequest,
+                                                       "/v1/completions": CompletionRequest}
+
+
+def test_direct_and_fallback_answers(echo_server: str) -> None:
+    client = openai.OpenAI(base_url=echo_server + "/v1", api_key="none")
+    r = client.chat.completions.create(model=ECHO_MODEL, messages=[{"role": "user", "content": "one two"}])
+    assert r.choices[0].message.content == "one two" and r.usage.completion_tokens == 2
+    chunks = list(client.completions.create(model=ECHO_MODEL, prompt="a b c", stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "a b c"
+    # Errors raised inside the endpoint go through the app's handlers: the same shape as FastAPI's.
+    r404 = httpx.post(echo_server + "/v1/chat/completions", json={"model": "nope", "messages": [
+        {"role": "user", "content": "x"}]})
+    assert r404.status_code == 404 and r404.json()["error"]["code"] == "model_not_found"
+    # Not JSON by its content type, invalid JSON, a failing body: FastAPI answers, with its messages.
+    body = json.dumps({"model": ECHO_MODEL, "messages": [{"role": "user", "content": "x"}]})
+    r = httpx.post(echo_server + "/v1/chat/completions", content=body, headers={"content-type": "text/plain"})
+    assert r.status_code == 400 and "JSON object" in r.json()["error"]["message"]
+    r = httpx.post(echo_server + "/v1/chat/completions", content=body[:-1],
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = httpx.post(echo_server + "/v1/chat/completions", json={"model": ECHO_MODEL, "messages": []})
+    assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
+    # A JSON subtype is JSON to both paths.
+    r = httpx.post(echo_server + "/v1/chat/completions", content=body,
+                   headers={"content-type": "application/vnd.api+json; charset=utf-8"})
+    assert r.status_code == 200, r.text
+    # Both paths count their responses under the route's path.
+    metrics = httpx.get(echo_server + "/metrics").text
+    assert 'qwenhost_http_requests_total{route="/v1/chat/completions",status="200"} 2.0' in metrics
+    assert 'qwenhost_http_requests_total{route="/v1/chat/completions",status="400"} 3.0' in metrics
+    assert 'qwenhost_http_requests_total{route="/v1/chat/completions",status="404"} 1.0' in metrics
+    assert 'qwenhost_http_requests_total{route="/v1/completions",status="200"} 1.0' in metrics
+
+
+def test_event_stream_cleans_up_when_the_client_leaves() -> None:
+    """The client leaves while the body waits for its next event: the wait is cancelled, clean-up runs once,
+    and the response returns normally (the server is not stopping)."""
+    events: list[str] = []
+
+    async def body():  # type: ignore[no-untyped-def]
+        try:
+            yield b"data: 1\n\n"
+            await asyncio.sleep(60)  # a backend that has nothing yet
+            yield b"data: never\n\n"
+        finally:
+            events.append("body closed")
+
+    async def cleanup() -> None:
+        events.append("cleanup")
+
+    async def scenario() -> list[dict]:
+        sent: list[dict] = []
+        left = asyncio.Event()
+
+        async def receive() -> dict:
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+            if message.get("body") == b"data: 1\n\n":
+                asyncio.get_running_loop().call_later(0.05, left.set)
+
+        await asyncio.wait_for(EventStream(body(), cleanup)({"type": "http"}, receive, send), 5)
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert [m.get("body") for m in sent] == [None, b"data: 1\n\n"]
+    assert events == ["body closed", "cleanup"]
+
+
+def test_event_stream_passes_on_a_server_cancel() -> None:
+    events: list[str] = []
+
+    async def body():  # type: ignore[no-untyped-def]
+        yield b"data: 1\n\n"
+        await asyncio.sleep(60)
+
+    async def cleanup() -> None:
+        events.append("cleanup")
+
+    async def scenario() -> None:
+        async def receive() -> dict:
+            await asyncio.sleep(60)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            pass
+
+        task = asyncio.ensure_future(EventStream(body(), cleanup)({"type": "http"}, receive, send))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert events == ["cleanup"]
