@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 
 from sqlalchemy import select
 
+from qwenhost.gateway.counters import BUCKET_TTL_S
 from qwenhost.gateway.db import Database
 from qwenhost.gateway.schema import Spend, UsageRecord
 
@@ -41,9 +42,12 @@ class UsageEntry:
     cost_nusd: int
     latency_ms: int
     status: str  # completed | disconnected | failed
+    # Rate-limit token buckets this request's tokens go to, written with the row when the counters live in the
+    # ledger's PostgreSQL (see Gateway.settle); not a column of the ledger.
+    counter_adds: tuple[tuple[str, int], ...] = ()
 
 
-_ROW_FIELDS = tuple(f.name for f in fields(UsageEntry))
+_ROW_FIELDS = tuple(f.name for f in fields(UsageEntry) if f.name != "counter_adds")
 
 
 def month_of(t: dt.datetime) -> str:
@@ -191,7 +195,9 @@ class UsageLedger:
         if self._pg is not None:
             from qwenhost.gateway import pg
 
-            inserted = [r[0] for r in self._pg.fetch(pg.LEDGER_WRITE, pg.ledger_params(rows))]
+            for row, e in zip(rows, by_id.values(), strict=True):
+                row["counters"] = dict(e.counter_adds) if e.counter_adds else None
+            inserted = [r[0] for r in self._pg.fetch(pg.LEDGER_WRITE, pg.ledger_params(rows, BUCKET_TTL_S))]
             deltas = _spend_deltas(by_id, inserted)
         else:
             with self.db.engine.begin() as sa_conn:

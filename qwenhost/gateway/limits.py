@@ -117,12 +117,16 @@ class RateLimiter:
                 await self.counters.hit({k: -1 for k in adds}, [])
             raise refusal
 
-    async def add_tokens(self, p: Principal, tokens: int, now: float | None = None) -> None:
+    @staticmethod
+    def token_adds(p: Principal, tokens: int, now: float | None = None) -> dict[str, int]:
+        """The token buckets a request's tokens add to (none without a tokens-per-minute limit)."""
         if tokens <= 0:
-            return
-        now = time.time() if now is None else now
-        win = int(now // WINDOW_S)
-        adds = {f"tok:{sc.kind}:{sc.ident}:{win}": tokens for sc in _scopes(p) if sc.tpm}
+            return {}
+        win = int((time.time() if now is None else now) // WINDOW_S)
+        return {f"tok:{sc.kind}:{sc.ident}:{win}": tokens for sc in _scopes(p) if sc.tpm}
+
+    async def add_tokens(self, p: Principal, tokens: int, now: float | None = None) -> None:
+        adds = self.token_adds(p, tokens, now)
         if adds:
             await self.counters.hit(adds, [])
 

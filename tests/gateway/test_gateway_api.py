@@ -252,9 +252,27 @@ def test_limits_hold_across_processes(redis: bool) -> None:
     if redis:
         env["QWENHOST_REDIS_URL"] = "redis://127.0.0.1:6379/0"
     gw = Gateway(Database(url))
-    key = gw.keys.create(gw.projects.create("multi").id, rpm=6).key
+    project = gw.projects.create("multi").id
+    key = gw.keys.create(project, rpm=6).key
+    by_tokens = gw.keys.create(project, tpm=20)
     servers = [ServerProcess([], None, model="echo", env=env) for _ in range(2)]
     try:
+        # Tokens per minute: 6 tokens a request, counted when each request ends (with the ledger row, when the
+        # counters are in PostgreSQL), so the fifth request sees 24 >= 20 whichever server served the others.
+        if time.time() % 60 > 50:  # keep the four requests inside one minute: the window decays across one
+            time.sleep(61 - time.time() % 60)
+        for i in range(4):
+            sdk(servers[i % 2], by_tokens.key).chat.completions.create(model="echo", messages=USER)
+        with pytest.raises(openai.RateLimitError) as ei:
+            sdk(servers[0], by_tokens.key).chat.completions.create(model="echo", messages=USER)
+        assert "20 tokens per minute" in ei.value.body["message"]
+        if not redis:
+            with gw.db.session() as s:
+                from sqlalchemy import text
+                counted = s.scalar(text("SELECT sum(value) FROM limit_counters WHERE key LIKE :k"),
+                                   {"k": f"tok:key:{by_tokens.row.id}:%"})
+            assert counted == 24  # each request's tokens counted once
+
         ok = limited = 0
         for i in range(12):
             try:
@@ -266,7 +284,7 @@ def test_limits_hold_across_processes(redis: bool) -> None:
         assert (ok, limited) == (6, 6)
         with gw.db.session() as s:
             from sqlalchemy import text
-            assert s.scalar(text("SELECT count(*) FROM usage")) == 6
+            assert s.scalar(text("SELECT count(*) FROM usage")) == 6 + 4
     finally:
         for srv in servers:
             srv.stop()
