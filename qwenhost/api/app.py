@@ -54,7 +54,9 @@ class _GuardAndCount:
             if message.get("more_body"):
                 # One turn of the event loop per streamed chunk (BaseHTTPMiddleware's stream gave several): a
                 # body that never waits (the echo backend's) would otherwise hold the loop to its end, and a
-                # client that left could not cancel it, so it would be billed as completed.
+                # client that left could not cancel it, so it would be billed as completed. Yielding at most every
+                # 0.5 ms instead saved 0.1 ms at 1 client but cost 20 % of the saturated streamed rate: 16 streams
+                # then finish in bursts, their ledger rows arrive apart and group-commit less.
                 await asyncio.sleep(0)
 
         await self.app(scope, receive, counted)
