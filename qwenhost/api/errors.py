@@ -87,7 +87,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(429, exc.message, code=exc.code, err_type=err_type, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 413:  # a body sent in chunks, with no Content-Length to refuse it by up front
+            return error_response(413, f"the request body is over the limit of "
+                                       f"{request.app.state.qwenhost.max_body_bytes} bytes")
         return error_response(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -54,14 +55,19 @@ class HotRoutes:
         return self._routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        hot = self._hot().get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        direct = scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path")
+        hot = self._hot().get(scope["path"]) if direct else None  # behind a root path: FastAPI's routing
         if hot is None:
             await self.app(scope, receive, send)
             return
         route, model, endpoint = hot
         chunks: list[bytes] = []
         while True:
-            message = await receive()
+            try:
+                message = await receive()
+            except HTTPException as exc:  # over FastAPI's max_body_size, which counts what it passes on (413)
+                await (await self._handle(Request(scope, receive), exc))(scope, receive, send)
+                return
             if message["type"] != "http.request":  # the client left while sending its body
                 await self.app(scope, _replay([message], receive), send)
                 return

@@ -64,6 +64,19 @@ def test_body_over_limit_is_413(server):
     assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/admin/projects"])
+def test_body_over_limit_in_chunks_is_413(server, path):
+    """Without a Content-Length (chunked transfer) the limit is counted as the body arrives."""
+    def chunks():
+        yield b'{"model": "x", "messages": [{"role": "user", "content": "'
+        for _ in range(9):
+            yield b"x" * 2**20
+        yield b'"}]}'
+
+    r = post(server, content=chunks(), headers={"content-type": "application/json"}, path=path)
+    assert r.status_code == 413 and "limit of 8388608 bytes" in r.json()["error"]["message"], r.text
+
+
 def test_completions_bad_input(server):
     r = post(server, {"model": MODEL, "prompt": ["a", "b"]}, path="/v1/completions")
     assert r.status_code == 400 and "prompt" in r.json()["error"]["message"]
