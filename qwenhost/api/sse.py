@@ -62,8 +62,11 @@ class EventStream:
         state = {"sending": True, "left": False}
 
         async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            try:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            except Exception:  # a receive that fails tells nothing about the client: stop watching
+                return
             state["left"] = True
             if state["sending"]:  # suspended at an await inside the try below: the cancel lands there
                 task.cancel()
