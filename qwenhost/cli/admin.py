@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from qwenhost.gateway.widths import INT32_MAX
+
 if TYPE_CHECKING:
     from qwenhost.gateway.schema import Project
     from qwenhost.gateway.service import Gateway
@@ -26,7 +28,6 @@ projects_app = typer.Typer(help="Create and list projects (they own keys, usage,
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 
 err = Console(stderr=True)
-INT32_MAX = 2_147_483_647  # rpm/tpm are INTEGER columns; PostgreSQL rejects anything larger
 BIGINT_MAX = 2**63 - 1
 
 

@@ -8,7 +8,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from qwenhost.cli.admin import (
-    INT32_MAX,
     audit,
     err,
     fail,
@@ -17,11 +16,11 @@ from qwenhost.cli.admin import (
     open_gateway,
     parse_usd,
 )
+from qwenhost.gateway.widths import INT32_MAX, MODEL_NAME_MAX
 
 prices_app = typer.Typer(help="Set and list model prices (per million tokens) and local hardware costs.",
                          no_args_is_help=True)
 
-MODEL_NAME_MAX = 200  # the model columns' width; PostgreSQL refuses longer names, SQLite would not
 NO_LOCAL_USAGE = "no local usage recorded yet; serve some requests first"
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import delete, select
 
 from qwenhost.gateway.db import Database
 from qwenhost.gateway.schema import LocalCost, ModelPrice
+from qwenhost.gateway.widths import MODEL_NAME_MAX
 
 MICRO = Decimal(1_000_000)
 CACHE_TTL_S = 10.0
@@ -50,9 +51,6 @@ def cost_nusd(tier: PriceTier, prompt: int, cached: int, completion: int) -> int
     cached = min(cached, prompt)
     pico = (prompt - cached) * tier.input_musd + cached * tier.cached_musd + completion * tier.output_musd
     return (pico + 500) // 1000
-
-
-MODEL_NAME_MAX = 200  # the model columns' width; PostgreSQL refuses longer names, SQLite would not
 
 
 def check_model_name(model: str) -> None:

@@ -8,6 +8,8 @@ import datetime as dt
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from qwenhost.gateway.widths import MODEL_NAME_MAX
+
 
 class Base(DeclarativeBase):
     pass
@@ -53,7 +55,7 @@ class ModelPrice(Base):
     __tablename__ = "model_prices"
     __table_args__ = (UniqueConstraint("model", "up_to_tokens", name="uq_price_tier"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    model: Mapped[str] = mapped_column(String(200), index=True)
+    model: Mapped[str] = mapped_column(String(MODEL_NAME_MAX), index=True)
     up_to_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     input_musd_per_m: Mapped[int] = mapped_column(BigInteger)
     cached_input_musd_per_m: Mapped[int] = mapped_column(BigInteger)
@@ -64,9 +66,9 @@ class LocalCost(Base):
     """What running a local model costs per hour of hardware, and the cloud model to compare it with."""
 
     __tablename__ = "local_costs"
-    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    model: Mapped[str] = mapped_column(String(MODEL_NAME_MAX), primary_key=True)
     hardware_musd_per_hour: Mapped[int] = mapped_column(BigInteger)
-    compare_to: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    compare_to: Mapped[str | None] = mapped_column(String(MODEL_NAME_MAX), nullable=True)
 
 
 class UsageRecord(Base):
@@ -79,7 +81,7 @@ class UsageRecord(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime)
     project_id: Mapped[int] = mapped_column(Integer)
     key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    model: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(MODEL_NAME_MAX))
     backend: Mapped[str] = mapped_column(String(50))
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     cached_tokens: Mapped[int] = mapped_column(Integer)
