@@ -169,7 +169,8 @@ class SlotTable:
         and each cut costs one more pass over the weights every step (measured on the default model, 16 streams:
         0.59 s a step packed, 1.22 s with a gap after each). A move copies one stream (tens of MiB) once.
         Free slots whose tokens were used within `compact_after_idle_s` are left alone: a chat's next turn is
-        usually about to reuse them. Returns the number of moves."""
+        usually about to reuse them; of the others, an empty one is taken first, then the one idle longest.
+        Returns the number of moves."""
         if not self.per_sequence:
             return 0
         moves = 0
@@ -183,10 +184,11 @@ class SlotTable:
                 break  # the highest is prefilling; it joins the others' micro-batch as it is
             usable = [s.index for s in self.slots if s.owner is None
                       and (not s.tokens or now - s.last_used >= self.compact_after_idle_s)]
-            inside = [i for i in usable if ids[0] < i < top.slot]
-            target = inside[0] if inside else ids[0] - 1 if ids[0] - 1 in usable else None
-            if target is None:
+            gaps = [i for i in usable if ids[0] < i < top.slot] or [i for i in usable if i == ids[0] - 1]
+            if not gaps:
                 break
+            # The move drops the target's idle history: an empty slot first, else the history used longest ago.
+            target = min(gaps, key=lambda i: (bool(self.slots[i].tokens), self.slots[i].last_used, i))
             dst, src = self.slots[target], self.slots[top.slot]
             self.runner.copy_prefix(src.index, dst.index, top.n_past)
             dst.owner, dst.tokens = top, []
