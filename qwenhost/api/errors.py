@@ -91,6 +91,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 413:  # a body sent in chunks, with no Content-Length to refuse it by up front
             return error_response(413, f"the request body is over the limit of "
                                        f"{request.app.state.qwenhost.max_body_bytes} bytes")
+        if isinstance(exc.__cause__, RecursionError):  # FastAPI's "There was an error parsing the body"
+            return error_response(400, "the request body's JSON is nested too deeply to parse")
         return error_response(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)

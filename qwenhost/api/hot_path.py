@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -102,7 +102,7 @@ def _parse(scope: Scope, raw: bytes, model: type[BaseModel]) -> BaseModel | None
         return None
     try:
         return model.model_validate(json.loads(raw))
-    except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except Exception:  # invalid JSON or UTF-8, a failing body, JSON nested too deeply: FastAPI says what
         return None
 
 

@@ -58,6 +58,15 @@ def test_invalid_json_and_utf8(server):
     assert r.status_code == 400
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/admin/projects"])
+def test_json_nested_too_deeply_is_400(server, path):
+    for body in (b"[" * 100_000 + b"]" * 100_000,
+                 b'{"model": "x", "messages": [{"role": "user", "content": "hi"}], "tools": '
+                 + b"[" * 5_000 + b"]" * 5_000 + b"}"):
+        r = post(server, content=body, headers={"content-type": "application/json"}, path=path)
+        assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"], r.text
+
+
 def test_body_over_limit_is_413(server):
     big = "x" * (9 * 2**20)
     r = post(server, {"model": MODEL, "messages": [{"role": "user", "content": big}]})
