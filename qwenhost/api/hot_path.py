@@ -65,7 +65,7 @@ class HotRoutes:
         while True:
             try:
                 message = await receive()
-            except HTTPException as exc:  # over FastAPI's max_body_size, which counts what it passes on (413)
+            except HTTPException as exc:  # a chunked body over the limit (app.py's BodyTooLarge, a 413)
                 await (await self._handle(Request(scope, receive), exc))(scope, receive, send)
                 return
             if message["type"] != "http.request":  # the client left while sending its body
@@ -116,7 +116,3 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
         return await receive()
 
     return replay
-
-
-
-

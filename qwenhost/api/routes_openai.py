@@ -210,7 +210,7 @@ async def completions(body: CompletionRequest, request: Request, who: Principal 
             "system_fingerprint": state.fingerprint}
     echo = prep.prompt_text if body.echo else ""
     if body.stream:
-        text = EventTemplate(lambda t: {**base, "choices": [{"index": 0, "text": t, "finish_reason": None}]})
+        text_event = EventTemplate(lambda t: {**base, "choices": [{"index": 0, "text": t, "finish_reason": None}]})
 
         async def sse() -> AsyncGenerator[bytes, None]:
             try:
@@ -224,12 +224,12 @@ async def completions(body: CompletionRequest, request: Request, who: Principal 
                             yield sse_event({**base, "choices": [], "usage": _usage(ev)})
                         break
                     if ev.content:
-                        yield text.make(ev.content)
+                        yield text_event.make(ev.content)
                 yield b"data: [DONE]\n\n"
             except RequestError as exc:
                 meter.abandoned("failed")
                 yield sse_event({"error": {"message": exc.message, "type": exc.err_type, "param": exc.param,
-                                      "code": exc.code}})
+                                           "code": exc.code}})
             finally:
                 meter.abandoned("disconnected")
                 with contextlib.suppress(Exception):
