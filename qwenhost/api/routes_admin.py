@@ -26,6 +26,7 @@ from qwenhost.gateway.ledger import month_of
 from qwenhost.gateway.prices import check_model_name, micro_to_usd, nano_to_usd, usd_to_micro
 from qwenhost.gateway.schema import ApiKey, Project
 from qwenhost.gateway.usage import local_cost_reports, usage_report
+from qwenhost.gateway.widths import MODEL_NAME_MAX
 from qwenhost.router.local import RequestError
 
 router = APIRouter()
@@ -69,7 +70,7 @@ class PriceIn(_Body):
 
 class LocalCostIn(_Body):
     per_hour_usd: float | str
-    compare_to: str | None = Field(default=None, min_length=1, max_length=200)
+    compare_to: str | None = Field(default=None, min_length=1, max_length=MODEL_NAME_MAX)
 
 
 def _bad(message: str, param: str | None = None) -> RequestError:

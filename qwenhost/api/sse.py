@@ -47,8 +47,6 @@ class EventStream:
     ``cleanup`` runs once the stream ends, whether it finished, the client left, or the server cancelled it:
     it bills what was generated and stops the backend (the body generator may never have started)."""
 
-    media_type = "text/event-stream"
-
     def __init__(self, body: AsyncGenerator[bytes, None], cleanup: Callable[[], Awaitable[None]],
                  headers: dict[str, str] | None = None) -> None:
         self.body, self.cleanup = body, cleanup
