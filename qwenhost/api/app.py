@@ -99,7 +99,8 @@ def create_app(state: ServerState) -> FastAPI:
         gc.collect()
         gc.freeze()
         yield
-        state.gateway.ledger.close()  # rows still queued are committed before the process exits
+        await state.gateway.ledger.drain()  # rows still queued are committed before the process exits
+        state.gateway.ledger.close()
 
     app = FastAPI(title="qwenhost", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible API for Qwen models on an in-process llama.cpp engine.")
