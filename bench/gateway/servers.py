@@ -92,10 +92,10 @@ class Server:
 
 
 def start(name: str, cmd: list[str], env: dict[str, str], port: int, key: str, ready_path: str,
-          logdir: Path) -> Server:
+          logdir: Path, cwd: Path = ROOT) -> Server:
     log = logdir / f"{name.replace('/', '_').replace('+', '_')}.log"
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(["taskset", "-c", str(SERVER_CORE), *cmd], env=env, cwd=ROOT, stdout=out,
+        proc = subprocess.Popen(["taskset", "-c", str(SERVER_CORE), *cmd], env=env, cwd=cwd, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 180
     while True:

@@ -4,13 +4,16 @@ Rates use a sliding window over per-minute buckets: the previous minute's count,
 still lies inside the last 60 s, plus the current minute's. A request counts when it is admitted; its tokens
 count when it ends (they are not known before), so a tokens-per-minute limit stops the requests that come
 after the minute's tokens are spent. Budgets are checked before generation against the month-to-date spend
-the ledger keeps; requests already running when a budget runs out finish (and are billed).
+the ledger keeps; requests already running when a budget runs out finish (and are billed). With counters
+shared by several processes, a busy key or project counts a few requests ahead and admits them without a round
+trip, and a short-lived view of the token buckets answers while far from the limit (qwenhost/gateway/leases.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import math
 import threading
 import time
@@ -18,9 +21,11 @@ from dataclasses import dataclass
 
 from qwenhost.gateway.counters import CounterStore
 from qwenhost.gateway.keys import Principal
+from qwenhost.gateway.leases import TOKENS_LOCAL_BELOW, ScopeView, Views
 from qwenhost.gateway.ledger import UsageLedger, month_of
 from qwenhost.gateway.prices import nano_to_usd
 
+log = logging.getLogger("qwenhost.limits")
 WINDOW_S = 60
 SHARED_SPEND_TTL_S = 1.0
 
@@ -73,6 +78,9 @@ def _scopes(p: Principal) -> list[_Scope]:
 class RateLimiter:
     def __init__(self, counters: CounterStore) -> None:
         self.counters = counters
+        # Shared counters cost a round trip an admission can often skip (qwenhost/gateway/leases.py).
+        self.views: Views | None = None if counters.name == "memory" else Views()
+        self._tasks: set[asyncio.Task] = set()
 
     async def admit(self, p: Principal, now: float | None = None) -> None:
         scopes = _scopes(p)
@@ -80,42 +88,121 @@ class RateLimiter:
             return
         now = time.time() if now is None else now
         win, frac = int(now // WINDOW_S), (now % WINDOW_S) / WINDOW_S
-        # Everything this admission reads and counts, in one round trip to the counter store: the request is
-        # counted first and taken back if it is refused (rare), rather than read, checked, then counted.
+        # Whatever the views cannot answer, read and counted in one round trip to the counter store: the
+        # request is counted first and taken back if it is refused (rare), rather than read, checked, counted.
         reads: list[str] = []
         adds: dict[str, int] = {}
+        leased: list[ScopeView] = []  # leases this request takes from, given back if it is refused
         for sc in scopes:
+            v = self.views.get(sc.kind, sc.ident) if self.views is not None else None
             if sc.tpm:
-                reads += [f"tok:{sc.kind}:{sc.ident}:{win - 1}", f"tok:{sc.kind}:{sc.ident}:{win}"]
+                if v is not None and v.tokens_usable(win, now):
+                    if window_estimate(v.tok_prev, v.tok_curr, frac) >= sc.tpm:  # lower bounds: surely over
+                        self._give_back(leased)
+                        raise self._over_tokens(p, sc, v.tok_prev, v.tok_curr, frac)
+                    local = window_estimate(v.tok_prev, v.tok_curr, frac) < sc.tpm * TOKENS_LOCAL_BELOW
+                else:
+                    local = False
+                if not local:
+                    reads += [f"tok:{sc.kind}:{sc.ident}:{win - 1}", f"tok:{sc.kind}:{sc.ident}:{win}"]
             if sc.rpm:
-                reads.append(f"req:{sc.kind}:{sc.ident}:{win - 1}")
-                adds[f"req:{sc.kind}:{sc.ident}:{win}"] = 1
-        added, read_values = await self.counters.hit(adds, reads)
+                if v is not None and v.lease_usable(win, now):
+                    v.lease_left -= 1
+                    leased.append(v)
+                else:
+                    reads.append(f"req:{sc.kind}:{sc.ident}:{win - 1}")
+                    adds[f"req:{sc.kind}:{sc.ident}:{win}"] = v.lease_size(sc.rpm, now) if v is not None else 1
+        if not reads and not adds:
+            for v in leased:
+                v.taken += 1
+            return
+        try:
+            added, read_values = await self.counters.hit(adds, reads)
+        except BaseException:
+            self._give_back(leased)
+            raise
         values = dict(zip(reads, read_values, strict=True))
         refusal: LimitExceeded | None = None
         for sc in scopes:
-            if sc.tpm:
-                prev, curr = values[f"tok:{sc.kind}:{sc.ident}:{win - 1}"], values[f"tok:{sc.kind}:{sc.ident}:{win}"]
-                if window_estimate(prev, curr, frac) >= sc.tpm:
-                    refusal = LimitExceeded(
-                        f"Rate limit reached for {sc.kind} {self._name(p, sc)}: {sc.tpm} tokens per minute. "
-                        "Slow down or ask an admin for a higher limit.", "rate_limit_exceeded",
-                        seconds_until_room(prev, curr, sc.tpm, 1, frac))
-                    break
-        for sc in scopes if refusal is None else ():
-            if not sc.rpm:
+            prev_key = f"tok:{sc.kind}:{sc.ident}:{win - 1}"
+            if not sc.tpm or prev_key not in values:
                 continue
-            curr, prev = added[f"req:{sc.kind}:{sc.ident}:{win}"], values[f"req:{sc.kind}:{sc.ident}:{win - 1}"]
-            if window_estimate(prev, curr, frac) > sc.rpm:
+            prev, curr = values[prev_key], values[f"tok:{sc.kind}:{sc.ident}:{win}"]
+            if self.views is not None:
+                v = self.views.get(sc.kind, sc.ident)
+                v.tok_win, v.tok_prev, v.tok_curr, v.tok_at = win, prev, curr, now
+            if window_estimate(prev, curr, frac) >= sc.tpm:
+                refusal = self._over_tokens(p, sc, prev, curr, frac)
+                break
+        granted: dict[str, int] = {}
+        for sc in scopes if refusal is None else ():
+            key = f"req:{sc.kind}:{sc.ident}:{win}"
+            if key not in adds:
+                continue
+            counted, curr, prev = adds[key], added[key], values[f"req:{sc.kind}:{sc.ident}:{win - 1}"]
+            # How many of the requests just counted fit: this one, and those the lease keeps for later.
+            fit = min(counted, math.floor(sc.rpm - window_estimate(prev, curr - counted, frac) + 1e-9))
+            if fit < 1:
                 refusal = LimitExceeded(
                     f"Rate limit reached for {sc.kind} {self._name(p, sc)}: {sc.rpm} requests per minute. "
                     "Slow down or ask an admin for a higher limit.", "rate_limit_exceeded",
-                    seconds_until_room(prev, curr - 1, sc.rpm, 1, frac))
+                    seconds_until_room(prev, curr - counted, sc.rpm, 1, frac))
                 break
+            granted[key] = fit
         if refusal is not None:
+            self._give_back(leased)
             if adds:  # a refused request does not count against the limits
-                await self.counters.hit({k: -1 for k in adds}, [])
+                await self.counters.hit({k: -n for k, n in adds.items()}, [])
             raise refusal
+        unused: dict[str, int] = {}
+        for sc in scopes:
+            key = f"req:{sc.kind}:{sc.ident}:{win}"
+            if key not in granted:
+                continue
+            if adds[key] > granted[key]:
+                unused[key] = unused.get(key, 0) - (adds[key] - granted[key])
+            if self.views is not None:
+                old_win, left = self.views.get(sc.kind, sc.ident).new_lease(win, granted[key], now)
+                if left > 0:
+                    old = f"req:{sc.kind}:{sc.ident}:{old_win}"
+                    unused[old] = unused.get(old, 0) - left
+        for v in leased:
+            v.taken += 1
+        if unused:  # off the response's path: until it lands, other processes see a little more than was used
+            self._background(self.counters.hit(unused, []))
+
+    @staticmethod
+    def _give_back(leased: list[ScopeView]) -> None:
+        for v in leased:
+            v.lease_left += 1
+
+    def _over_tokens(self, p: Principal, sc: _Scope, prev: int, curr: int, frac: float) -> LimitExceeded:
+        assert sc.tpm is not None
+        return LimitExceeded(
+            f"Rate limit reached for {sc.kind} {self._name(p, sc)}: {sc.tpm} tokens per minute. "
+            "Slow down or ask an admin for a higher limit.", "rate_limit_exceeded",
+            seconds_until_room(prev, curr, sc.tpm, 1, frac))
+
+    def _background(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.get_running_loop().create_task(self._quietly(coro))
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _quietly(coro) -> None:  # type: ignore[no-untyped-def]
+        try:
+            await coro
+        except Exception:  # a lease not given back only makes the bucket count high until the window moves on
+            log.exception("could not give back an unused rate-limit lease")
+
+    def note_tokens(self, p: Principal, tokens: int, now: float | None = None) -> None:
+        """This process's own request ended with ``tokens``: its token views count them at once."""
+        if self.views is None or tokens <= 0:
+            return
+        win = int((time.time() if now is None else now) // WINDOW_S)
+        for sc in _scopes(p):
+            if sc.tpm:
+                self.views.add_tokens(sc.kind, sc.ident, win, tokens)
 
     @staticmethod
     def token_adds(p: Principal, tokens: int, now: float | None = None) -> dict[str, int]:

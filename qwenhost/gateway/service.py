@@ -144,6 +144,7 @@ class Gateway:
     def _entry(self, p: Principal, s: Settlement, *, prompt_tokens: int, cached_tokens: int,
                completion_tokens: int, status: str) -> UsageEntry:
         tokens = prompt_tokens + completion_tokens
+        self.limiter.note_tokens(p, tokens)
         adds = self.limiter.token_adds(p, tokens) if self._tokens_with_ledger and (p.tpm or p.project_tpm) else {}
         return UsageEntry(
             request_id=s.request_id, created_at=s.started_at, project_id=p.project_id, key_id=p.key_id,

@@ -48,3 +48,34 @@ def gateway(db_url: str):  # type: ignore[no-untyped-def]
     gw = Gateway(Database(db_url))
     yield gw
     gw.close()
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _counters(kind: str, gateway):  # type: ignore[no-untyped-def]
+    from qwenhost.gateway.counters import MemoryCounters, RedisCounters, database_counters
+
+    if kind == "memory":
+        return MemoryCounters()
+    if kind == "redis":
+        import redis
+
+        try:
+            redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+        except Exception as exc:
+            pytest.fail(f"Redis at {REDIS_URL} is not usable: {exc}")
+        return RedisCounters(REDIS_URL, gateway.db.installation_id())
+    return database_counters(gateway.db)
+
+
+@pytest.fixture(params=["memory", "redis", "database"])
+def counters(request: pytest.FixtureRequest, gateway):  # type: ignore[no-untyped-def]
+    """Each counter store, on each database (the database store lives in the gateway's own)."""
+    return _counters(request.param, gateway)
+
+
+@pytest.fixture(params=["redis", "database"])
+def shared_counters(request: pytest.FixtureRequest, gateway):  # type: ignore[no-untyped-def]
+    """The counter stores several processes share (each admission against them is a round trip)."""
+    return _counters(request.param, gateway)

@@ -245,7 +245,8 @@ def test_any_other_bind_requires_keys(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("redis", [False, True], ids=["postgresql-counters", "redis-counters"])
 def test_limits_hold_across_processes(redis: bool) -> None:
-    """Two servers on one PostgreSQL (counters in it, or in Redis): a key's 6 requests a minute are 6 in all."""
+    """Two servers on one PostgreSQL (counters in it, or in Redis): a key's 6 requests a minute are 6 in all, a
+    busy key's 60 at most 60, and a tokens-per-minute limit counts both servers' tokens."""
     urls = _pg_schema_url()
     url = next(urls)
     env = {"QWENHOST_DATABASE_URL": url}
@@ -254,6 +255,7 @@ def test_limits_hold_across_processes(redis: bool) -> None:
     gw = Gateway(Database(url))
     project = gw.projects.create("multi").id
     key = gw.keys.create(project, rpm=6).key
+    busy = gw.keys.create(project, rpm=60).key
     by_tokens = gw.keys.create(project, tpm=20)
     servers = [ServerProcess([], None, model="echo", env=env) for _ in range(2)]
     try:
@@ -282,9 +284,20 @@ def test_limits_hold_across_processes(redis: bool) -> None:
                 limited += 1
         # The sliding window carries the previous minute over, so a minute boundary mid-loop changes nothing.
         assert (ok, limited) == (6, 6)
+
+        # A busier key: each server leases a few requests at a time (up to 60 / 20 = 3) and admits from its
+        # lease without a round trip. Leases may refuse early by what the other server holds, never admit late.
+        ok = 0
+        for i in range(90):
+            try:
+                sdk(servers[(i // 5) % 2], busy).chat.completions.create(model="echo", messages=USER)
+                ok += 1
+            except openai.RateLimitError as exc:
+                assert "60 requests per minute" in exc.body["message"]
+        assert 60 - 2 * 3 <= ok <= 60
         with gw.db.session() as s:
             from sqlalchemy import text
-            assert s.scalar(text("SELECT count(*) FROM usage")) == 6 + 4
+            assert s.scalar(text("SELECT count(*) FROM usage")) == 6 + 4 + ok
     finally:
         for srv in servers:
             srv.stop()

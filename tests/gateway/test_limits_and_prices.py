@@ -9,14 +9,12 @@ import secrets
 import pytest
 from sqlalchemy import select, text
 
-from qwenhost.gateway.counters import MemoryCounters, RedisCounters, database_counters
+from qwenhost.gateway.counters import MemoryCounters, database_counters
 from qwenhost.gateway.keys import AuthError
 from qwenhost.gateway.ledger import UsageEntry, month_of
 from qwenhost.gateway.limits import LimitExceeded, RateLimiter, seconds_until_room, window_estimate
 from qwenhost.gateway.prices import PriceTier, cost_nusd, usd_per_million, usd_to_micro
 from qwenhost.gateway.schema import ApiKey
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def entry(gw, principal, rid: str, prompt: int = 1000, completion: int = 100, cached: int = 0,  # type: ignore[no-untyped-def]
@@ -68,21 +66,6 @@ def test_retry_after_is_when_the_window_has_room(prev: int, curr: int, limit: in
         assert window_estimate(prev, curr, later) + 1 <= limit + 1e-9
     else:
         assert window_estimate(curr, 0, later - 1) + 1 <= limit + 1e-9
-
-
-@pytest.fixture(params=["memory", "redis", "database"])
-def counters(request: pytest.FixtureRequest, gateway):  # type: ignore[no-untyped-def]
-    if request.param == "memory":
-        return MemoryCounters()
-    if request.param == "redis":
-        import redis
-
-        try:
-            redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
-        except Exception as exc:
-            pytest.fail(f"Redis at {REDIS_URL} is not usable: {exc}")
-        return RedisCounters(REDIS_URL, gateway.db.installation_id())
-    return database_counters(gateway.db)
 
 
 def test_rate_limits_on_every_counter_store(gateway, counters) -> None:  # type: ignore[no-untyped-def]

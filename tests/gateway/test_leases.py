@@ -1,0 +1,144 @@
+"""Admissions that skip the shared counters' round trip (qwenhost/gateway/leases.py): request leases for busy
+scopes and a short-lived token view, without ever admitting past a limit."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+import pytest
+
+from qwenhost.gateway.leases import LEASE_MAX, LEASE_TTL_S
+from qwenhost.gateway.limits import LimitExceeded, RateLimiter
+
+T0 = 1_800_000_000.0 + 6  # 6 s into a minute
+STEP = 0.001  # one admission a millisecond: a busy key
+
+
+def counting(counters: Any) -> list[tuple[dict, list]]:  # type: ignore[type-arg]
+    """Record every call the limiter makes to the store."""
+    calls: list[tuple[dict, list]] = []  # type: ignore[type-arg]
+    hit = counters.hit
+
+    async def recorded(adds: dict, reads: list) -> Any:  # type: ignore[type-arg]
+        calls.append((dict(adds), list(reads)))
+        return await hit(adds, reads)
+
+    counters.hit = recorded
+    return calls
+
+
+async def settled(limiter: RateLimiter) -> None:
+    """Wait for the unused leases given back in the background."""
+    while limiter._tasks:
+        await asyncio.gather(*limiter._tasks)
+
+
+def admissions(calls: list[tuple[dict, list]]) -> int:  # type: ignore[type-arg]
+    return sum(1 for _, reads in calls if reads)  # what is given back only adds
+
+
+def test_a_busy_key_admits_from_leases(gateway, shared_counters) -> None:  # type: ignore[no-untyped-def]
+    key = gateway.keys.create(gateway.projects.create("busy-" + secrets.token_hex(3)).id, rpm=100_000)
+    p = gateway.keys.authenticate(key.key)
+    limiter = RateLimiter(shared_counters)
+    calls = counting(shared_counters)
+    bucket = f"req:key:{p.key_id}:{int(T0 // 60)}"
+
+    async def run() -> None:
+        for i in range(300):
+            await limiter.admit(p, now=T0 + i * STEP)
+        await settled(limiter)
+        assert limiter.views is not None
+        left = limiter.views.get("key", p.key_id).lease_left
+        assert 0 <= left < LEASE_MAX
+        # Every admitted request is counted once; the rest of the bucket is the lease still held.
+        assert await shared_counters.get([bucket]) == [300 + left]
+        # A lease not used within its time is given back when the next one replaces it.
+        await limiter.admit(p, now=T0 + 300 * STEP + LEASE_TTL_S)
+        await settled(limiter)
+        left = limiter.views.get("key", p.key_id).lease_left
+        assert await shared_counters.get([bucket]) == [301 + left]
+
+    asyncio.run(run())
+    assert admissions(calls) < 300 / 10  # most of the 300 took no round trip
+
+
+def test_limits_under_forty_a_minute_never_lease(gateway, shared_counters) -> None:  # type: ignore[no-untyped-def]
+    key = gateway.keys.create(gateway.projects.create("small-" + secrets.token_hex(3)).id, rpm=39)
+    p = gateway.keys.authenticate(key.key)
+    limiter = RateLimiter(shared_counters)
+    calls = counting(shared_counters)
+
+    async def run() -> None:
+        for i in range(39):
+            await limiter.admit(p, now=T0 + i * STEP)
+        with pytest.raises(LimitExceeded):
+            await limiter.admit(p, now=T0 + 39 * STEP)
+
+    asyncio.run(run())
+    assert admissions(calls) == 40 and all(set(adds.values()) <= {1, -1} for adds, _ in calls)
+
+
+def test_leases_never_admit_past_the_limit_across_processes(gateway, shared_counters) -> None:  # type: ignore[no-untyped-def]
+    """Two processes' limiters on one store, taking turns on one key: never more than the limit in all."""
+    key = gateway.keys.create(gateway.projects.create("two-" + secrets.token_hex(3)).id, rpm=400)
+    p = gateway.keys.authenticate(key.key)
+    a, b = RateLimiter(shared_counters), RateLimiter(shared_counters)
+    bucket = f"req:key:{p.key_id}:{int(T0 // 60)}"
+
+    async def run() -> None:
+        ok = 0
+        for i in range(1000):
+            try:
+                await (a, b)[(i // 7) % 2].admit(p, now=T0 + i * STEP)
+                ok += 1
+            except LimitExceeded as exc:
+                assert "400 requests per minute" in exc.message
+        await settled(a)
+        await settled(b)
+        assert a.views is not None and b.views is not None
+        held = a.views.get("key", p.key_id).lease_left + b.views.get("key", p.key_id).lease_left
+        assert 400 - held <= ok <= 400  # leases can refuse early by what the other holds, never admit late
+        assert held <= 2 * (400 // 20)
+        assert await shared_counters.get([bucket]) == [ok + held]
+
+    asyncio.run(run())
+
+
+def test_the_token_view_answers_while_well_under_the_limit(gateway, shared_counters) -> None:  # type: ignore[no-untyped-def]
+    key = gateway.keys.create(gateway.projects.create("tok-" + secrets.token_hex(3)).id, tpm=1000)
+    p = gateway.keys.authenticate(key.key)
+    limiter = RateLimiter(shared_counters)
+    calls = counting(shared_counters)
+
+    async def ended(tokens: int, t: float) -> None:  # what a request's end does: the view, then the store
+        limiter.note_tokens(p, tokens, now=t)
+        await limiter.add_tokens(p, tokens, now=t)
+
+    async def run() -> None:
+        await limiter.admit(p, now=T0)
+        await ended(400, T0)
+        await limiter.admit(p, now=T0 + 0.01)  # 400 of 1000 by this process's own view: no round trip
+        assert admissions(calls) == 1
+        await ended(200, T0 + 0.01)
+        await limiter.admit(p, now=T0 + 0.02)  # 600: over half, so the store is asked (and says 600)
+        assert admissions(calls) == 2
+        await ended(400, T0 + 0.02)
+        with pytest.raises(LimitExceeded) as ei:  # 1000 by the view alone: refused without a round trip
+            await limiter.admit(p, now=T0 + 0.03)
+        assert "1000 tokens per minute" in ei.value.message and admissions(calls) == 2
+        # Another process's tokens show once the view is older than LEASE_TTL_S.
+        other = RateLimiter(shared_counters)
+        fresh = gateway.keys.authenticate(gateway.keys.create(p.project_id, tpm=1000).key)
+        await other.admit(fresh, now=T0)
+        await limiter.admit(fresh, now=T0)  # a view of 0 tokens
+        await other.add_tokens(fresh, 450, now=T0)
+        await limiter.admit(fresh, now=T0 + 0.01)  # under half by the view, which misses the other's 450
+        await other.add_tokens(fresh, 600, now=T0)
+        await limiter.admit(fresh, now=T0 + 0.02)  # still the same view (these are the bounded overshoot)
+        with pytest.raises(LimitExceeded):
+            await limiter.admit(fresh, now=T0 + 0.02 + LEASE_TTL_S)
+
+    asyncio.run(run())
