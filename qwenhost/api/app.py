@@ -99,6 +99,7 @@ def create_app(state: ServerState) -> FastAPI:
         gc.collect()
         gc.freeze()
         yield
+        await state.gateway.limiter.release()  # rate-limit leases this process did not use
         await state.gateway.ledger.drain()  # rows still queued are committed before the process exits
         state.gateway.ledger.close()
 

@@ -9,7 +9,8 @@ once its ledger row is written on the event loop. Two things let most admissions
   only decays within a minute, so a requests-per-minute limit still holds exactly across processes: leases
   can refuse early, never admit late. A lease is sized to what the scope used in the last LEASE_TTL_S and at
   most 1/LEASE_SHARE of the limit (so limits under 40 a minute never lease), it lives LEASE_TTL_S at most and
-  within its minute, and what was left of it is given back to the bucket when it is replaced.
+  within its minute, and what was left of it is given back to the bucket when it is replaced, when a sweep
+  (at most every SWEEP_S, during admissions) finds it past its time, or when the server stops.
 * **A token view.** The token buckets read at an admission, plus the tokens of this process's own requests
   since, stand for LEASE_TTL_S. They are lower bounds (buckets only grow within a minute), so a refusal on
   them is right; an admission on them is taken only while they are under TOKENS_LOCAL_BELOW of the limit, so
@@ -27,6 +28,7 @@ LEASE_TTL_S = 0.25
 LEASE_MAX = 32
 LEASE_SHARE = 20
 TOKENS_LOCAL_BELOW = 0.5
+SWEEP_S = 1.0
 _MAX_VIEWS = 10_000
 
 
@@ -78,6 +80,16 @@ class Views:
                 self._views.clear()
             v = self._views[(kind, ident)] = ScopeView()
         return v
+
+    def take_unused(self, now: float, everything: bool = False) -> list[tuple[str, int, int, int]]:
+        """(kind, id, window, requests) of the leases past their time (or of all of them), forgotten here: the
+        caller gives those requests back to the buckets, so a key that went quiet does not keep them."""
+        out = []
+        for (kind, ident), v in self._views.items():
+            if v.lease_left > 0 and (everything or not 0 <= now - v.lease_at < LEASE_TTL_S):
+                out.append((kind, ident, v.lease_win, v.lease_left))
+                v.lease_left = 0
+        return out
 
     def add_tokens(self, kind: str, ident: int, win: int, tokens: int) -> None:
         v = self._views.get((kind, ident))

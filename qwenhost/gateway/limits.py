@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from qwenhost.gateway.counters import CounterStore
 from qwenhost.gateway.keys import Principal
-from qwenhost.gateway.leases import TOKENS_LOCAL_BELOW, ScopeView, Views
+from qwenhost.gateway.leases import SWEEP_S, TOKENS_LOCAL_BELOW, ScopeView, Views
 from qwenhost.gateway.ledger import UsageLedger, month_of
 from qwenhost.gateway.prices import nano_to_usd
 
@@ -81,12 +81,16 @@ class RateLimiter:
         # Shared counters cost a round trip an admission can often skip (qwenhost/gateway/leases.py).
         self.views: Views | None = None if counters.name == "memory" else Views()
         self._tasks: set[asyncio.Task] = set()
+        self._swept = -math.inf
 
     async def admit(self, p: Principal, now: float | None = None) -> None:
         scopes = _scopes(p)
         if not scopes:
             return
         now = time.time() if now is None else now
+        if self.views is not None and not 0 <= now - self._swept < SWEEP_S:
+            self._swept = now
+            self._give_back_unused(self.views.take_unused(now))
         win, frac = int(now // WINDOW_S), (now % WINDOW_S) / WINDOW_S
         # Whatever the views cannot answer, read and counted in one round trip to the counter store: the
         # request is counted first and taken back if it is refused (rare), rather than read, checked, counted.
@@ -170,6 +174,20 @@ class RateLimiter:
             v.taken += 1
         if unused:  # off the response's path: until it lands, other processes see a little more than was used
             self._background(self.counters.hit(unused, []))
+
+    def _give_back_unused(self, unused: list[tuple[str, int, int, int]]) -> None:
+        adds: dict[str, int] = {}
+        for kind, ident, win, left in unused:
+            adds[f"req:{kind}:{ident}:{win}"] = adds.get(f"req:{kind}:{ident}:{win}", 0) - left
+        if adds:
+            self._background(self.counters.hit(adds, []))
+
+    async def release(self) -> None:
+        """Give every lease's unused requests back (the server is stopping)."""
+        if self.views is not None:
+            self._give_back_unused(self.views.take_unused(0.0, everything=True))
+        while self._tasks:
+            await asyncio.gather(*self._tasks)
 
     @staticmethod
     def _give_back(leased: list[ScopeView]) -> None:

@@ -142,3 +142,27 @@ def test_the_token_view_answers_while_well_under_the_limit(gateway, shared_count
             await limiter.admit(fresh, now=T0 + 0.02 + LEASE_TTL_S)
 
     asyncio.run(run())
+
+
+def test_unused_leases_are_given_back_when_idle_and_at_release(gateway, shared_counters) -> None:  # type: ignore[no-untyped-def]
+    proj = gateway.projects.create("idle-" + secrets.token_hex(3)).id
+    p = gateway.keys.authenticate(gateway.keys.create(proj, rpm=100_000).key)
+    other = gateway.keys.authenticate(gateway.keys.create(proj, rpm=100_000).key)
+    limiter = RateLimiter(shared_counters)
+    bucket = f"req:key:{p.key_id}:{int(T0 // 60)}"
+
+    async def run() -> None:
+        for i in range(50):
+            await limiter.admit(p, now=T0 + i * STEP)
+        assert limiter.views is not None and limiter.views.get("key", p.key_id).lease_left > 0
+        await settled(limiter)
+        assert (await shared_counters.get([bucket]))[0] > 50  # the lease, counted ahead
+        await limiter.admit(other, now=T0 + 1.5)  # another key's admission sweeps the quiet key's lease
+        await settled(limiter)
+        assert await shared_counters.get([bucket]) == [50]
+        for i in range(50):
+            await limiter.admit(p, now=T0 + 2 + i * STEP)
+        await limiter.release()  # what the server does as it stops
+        assert await shared_counters.get([bucket]) == [100]
+
+    asyncio.run(run())
