@@ -21,6 +21,7 @@ With counters in memory (one process) none of this applies: they cost no round t
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 
@@ -44,6 +45,9 @@ class ScopeView:
     tok_prev: int = 0
     tok_curr: int = 0
     tok_at: float = -math.inf
+    # An admission fetching this scope's next lease, and how many wait for it (the lease is sized for them too).
+    refreshing: asyncio.Future[None] | None = None
+    waiting: int = 0
 
     def lease_usable(self, win: int, now: float) -> bool:
         return self.lease_left > 0 and self.lease_win == win and 0 <= now - self.lease_at < LEASE_TTL_S
@@ -54,10 +58,12 @@ class ScopeView:
     def lease_size(self, rpm: int, now: float) -> int:
         """How many requests the next lease counts: this one, plus what the last LEASE_TTL_S suggests will come."""
         cap = min(LEASE_MAX, rpm // LEASE_SHARE)
-        if cap <= 1 or not math.isfinite(self.lease_at) or now <= self.lease_at:
+        if cap <= 1:
             return 1
+        if not math.isfinite(self.lease_at) or now <= self.lease_at:
+            return min(cap, 1 + self.waiting)
         rate = self.taken / max(now - self.lease_at, 1e-3)
-        return max(1, min(cap, int(rate * LEASE_TTL_S)))
+        return min(cap, max(1 + self.waiting, int(rate * LEASE_TTL_S)))
 
     def new_lease(self, win: int, granted: int, now: float) -> tuple[int, int]:
         """Hold a fresh lease of ``granted`` requests (one of them admitted now); returns (window, requests) of

@@ -166,3 +166,25 @@ def test_unused_leases_are_given_back_when_idle_and_at_release(gateway, shared_c
         assert await shared_counters.get([bucket]) == [100]
 
     asyncio.run(run())
+
+
+def test_concurrent_admissions_wait_for_one_lease_fetch(gateway, shared_counters) -> None:  # type: ignore[no-untyped-def]
+    """Sixteen clients of one key: an admission finding the scope's next lease on its way waits for it instead of
+    fetching another (without that, about one round trip for every six requests here)."""
+    p = gateway.keys.authenticate(gateway.keys.create(gateway.projects.create("c16").id, rpm=100_000).key)
+    limiter = RateLimiter(shared_counters)
+    calls = counting(shared_counters)
+
+    async def client() -> int:
+        for _ in range(50):
+            await limiter.admit(p)
+            await asyncio.sleep(0.0005)  # the rest of a request
+        return 50
+
+    async def run() -> int:
+        done = sum(await asyncio.gather(*(client() for _ in range(16))))
+        await limiter.release()
+        return done
+
+    assert asyncio.run(run()) == 800
+    assert admissions(calls) <= 800 // 16
