@@ -24,6 +24,8 @@ from typing import Any
 
 from gateway.loadgen import LOADGEN_CORE, SERVER_CORE
 from gateway.servers import (
+    DEFAULT_PG_URL,
+    DEFAULT_REDIS_URL,
     UPSTREAM_SCRIPT,
     PgSchema,
     Server,
@@ -35,9 +37,6 @@ from gateway.servers import (
     start,
     stop,
 )
-
-DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
 
 
 def start_tree(label: str, tree: Path, kind: str, args: argparse.Namespace, logdir: Path,

@@ -6,6 +6,9 @@ many requests a second it serves on one core; LiteLLM's proxy side by side when 
     .venv/bin/python bench/gateway_overhead.py --only postgresql+redis postgresql+memory --no-litellm
     python3.11 -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'   # LiteLLM, apart
 
+To compare two versions of qwenhost on a host whose speed drifts between runs, pair them round by round with
+bench/gateway_ab.py instead.
+
 One server at a time, pinned to core 0 (`taskset -c 0`); the load generator is a separate process pinned to
 core 1 (the machine has two). PostgreSQL and Redis are shared services, not pinned: their CPU per request is
 reported apart (db CPU ms/req).
@@ -52,6 +55,8 @@ from typing import Any
 from gateway.loadgen import LOADGEN_CORE, SERVER_CORE, loadgen_main
 from gateway.report import report
 from gateway.servers import (
+    DEFAULT_PG_URL,
+    DEFAULT_REDIS_URL,
     UPSTREAM_SCRIPT,
     PgSchema,
     Server,
@@ -66,9 +71,6 @@ from gateway.servers import (
 )
 
 LITELLM_MASTER_KEY = "sk-bench-master"
-DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-# Redis db 13, not 0: the test suite uses db 0, and our counters would land in its key space.
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
 
 
 # --------------------------------------------------------------------------------------------------- the runs

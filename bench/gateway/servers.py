@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 UPSTREAM_SCRIPT = ROOT / "bench" / "upstream_instant.py"
 # The entry point: `load` re-runs it with --loadgen SPEC as the load generator's process.
 SCRIPT = ROOT / "bench" / "gateway_overhead.py"
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# Redis db 13, not 0: the test suite uses db 0, and our counters would land in its key space.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
 
 
 # --------------------------------------------------------------------------------------------------- processes
