@@ -99,9 +99,11 @@ def create_app(state: ServerState) -> FastAPI:
         gc.collect()
         gc.freeze()
         yield
-        await state.gateway.limiter.release()  # rate-limit leases this process did not use
-        await state.gateway.ledger.drain()  # rows still queued are committed before the process exits
-        state.gateway.ledger.close()
+        try:
+            await state.gateway.limiter.release()  # rate-limit leases this process did not use
+            await state.gateway.ledger.drain()  # rows still queued are committed before the process exits
+        finally:
+            state.gateway.ledger.close()  # and what the loop could not commit, through the writer thread
 
     app = FastAPI(title="qwenhost", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible API for Qwen models on an in-process llama.cpp engine.")

@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from qwenhost.engine.catalog import DEFAULT_MODEL, find_entry
+
+if TYPE_CHECKING:
+    from qwenhost.gateway.service import Gateway
 
 app = typer.Typer(help="qwenhost: the Qwen platform you run yourself.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -86,8 +90,6 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API."""
-    import uvicorn
-
     from qwenhost.api.app import create_app
     from qwenhost.api.state import ServerState
     from qwenhost.engine.engine import Engine, EngineConfig, check_kv_layout
@@ -117,7 +119,7 @@ def serve(
     if model == ECHO_MODEL:
         state.set_backend(EchoBackend(ctx_size))
         err.print(f"qwenhost serving the echo backend on http://{host}:{port}/v1")
-        uvicorn.run(app_, host=host, port=port, log_level=log_level)
+        _run(app_, gateway, host, port, log_level)
         return
     try:
         path = resolve_model(model)
@@ -142,7 +144,17 @@ def serve(
 
     threading.Thread(target=load, name="qwenhost-load", daemon=True).start()
     err.print(f"qwenhost serving {model} on http://{host}:{port}/v1 (OpenAI-compatible; docs at /docs)")
-    uvicorn.run(app_, host=host, port=port, log_level=log_level)
+    _run(app_, gateway, host, port, log_level)
+
+
+def _run(app_: object, gateway: Gateway, host: str, port: int, log_level: str) -> None:
+    import uvicorn
+
+    try:
+        uvicorn.run(app_, host=host, port=port, log_level=log_level)  # type: ignore[arg-type]
+    finally:
+        # A forced exit (a second Ctrl-C) skips the app's shutdown: ledger rows still queued are written here.
+        gateway.ledger.close()
 
 
 _register_subcommands()

@@ -9,8 +9,8 @@ once its ledger row is written on the event loop. Two things let most admissions
   only decays within a minute, so a requests-per-minute limit still holds exactly across processes: leases
   can refuse early, never admit late. A lease is sized to what the scope used in the last LEASE_TTL_S and at
   most 1/LEASE_SHARE of the limit (so limits under 40 a minute never lease), it lives LEASE_TTL_S at most and
-  within its minute, and what was left of it is given back to the bucket when it is replaced, when a sweep
-  (at most every SWEEP_S, during admissions) finds it past its time, or when the server stops.
+  within its minute, and what was left of it is given back to the bucket when it is replaced, when a timer
+  finds it past its time (a quarter second later at most), or when the server stops.
 * **A token view.** The token buckets read at an admission, plus the tokens of this process's own requests
   since, stand for LEASE_TTL_S. They are lower bounds (buckets only grow within a minute), so a refusal on
   them is right; an admission on them is taken only while they are under TOKENS_LOCAL_BELOW of the limit, so
@@ -29,7 +29,6 @@ LEASE_TTL_S = 0.25
 LEASE_MAX = 32
 LEASE_SHARE = 20
 TOKENS_LOCAL_BELOW = 0.5
-SWEEP_S = 1.0
 _MAX_VIEWS = 10_000
 
 
@@ -73,8 +72,20 @@ class ScopeView:
         return unused
 
 
+@dataclass(frozen=True)
+class Taken:
+    """A request an admission took from a lease: which lease, so that it goes back to the right bucket."""
+
+    view: ScopeView
+    kind: str
+    ident: int
+    win: int
+    at: float
+
+
 class Views:
-    """ScopeViews by (kind, id), dropped when there are too many (a lost view only costs a round trip)."""
+    """ScopeViews by (kind, id). Past _MAX_VIEWS, those holding no lease are dropped (that costs a round trip;
+    a view holding a lease is kept, or its requests could never be given back)."""
 
     def __init__(self) -> None:
         self._views: dict[tuple[str, int], ScopeView] = {}
@@ -83,9 +94,12 @@ class Views:
         v = self._views.get((kind, ident))
         if v is None:
             if len(self._views) >= _MAX_VIEWS:
-                self._views.clear()
+                self._views = {k: x for k, x in self._views.items() if x.lease_left > 0 or x.refreshing is not None}
             v = self._views[(kind, ident)] = ScopeView()
         return v
+
+    def holding(self) -> bool:
+        return any(v.lease_left > 0 for v in self._views.values())
 
     def take_unused(self, now: float, everything: bool = False) -> list[tuple[str, int, int, int]]:
         """(kind, id, window, requests) of the leases past their time (or of all of them), forgotten here: the

@@ -167,6 +167,11 @@ class UsageLedger:
                 except Exception as e:  # the requests waiting on this batch get the error; the writer goes on
                     log.exception("ledger write failed")
                     deltas, exc = {}, e
+                except BaseException:  # cancelled mid-statement: the batch goes back to the front of the queue,
+                    # for the next task on this loop or for close() (a row that did commit is then a no-op)
+                    w.inflight = []
+                    w.pending[:0] = batch
+                    raise
                 w.inflight = []
                 for _, fut in batch:
                     if fut is not None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from qwenhost.gateway.counters import CounterStore
 from qwenhost.gateway.keys import Principal
-from qwenhost.gateway.leases import SWEEP_S, TOKENS_LOCAL_BELOW, ScopeView, Views
+from qwenhost.gateway.leases import LEASE_TTL_S, TOKENS_LOCAL_BELOW, ScopeView, Taken, Views
 from qwenhost.gateway.ledger import UsageLedger, month_of
 from qwenhost.gateway.prices import nano_to_usd
 
@@ -81,16 +81,14 @@ class RateLimiter:
         # Shared counters cost a round trip an admission can often skip (qwenhost/gateway/leases.py).
         self.views: Views | None = None if counters.name == "memory" else Views()
         self._tasks: set[asyncio.Task] = set()
-        self._swept = -math.inf
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_loop: asyncio.AbstractEventLoop | None = None
 
     async def admit(self, p: Principal, now: float | None = None) -> None:
         scopes = _scopes(p)
         if not scopes:
             return
         now = time.time() if now is None else now
-        if self.views is not None and not 0 <= now - self._swept < SWEEP_S:
-            self._swept = now
-            self._give_back_unused(self.views.take_unused(now))
         win, frac = int(now // WINDOW_S), (now % WINDOW_S) / WINDOW_S
         # Whatever the views cannot answer, read and counted in one round trip to the counter store: the
         # request is counted first and taken back if it is refused (rare), rather than read, checked, counted.
@@ -108,18 +106,25 @@ class RateLimiter:
             finally:
                 in_flight.waiting -= 1
         if not reads and not adds:
-            for v in leased:
-                v.taken += 1
+            for t in leased:
+                t.view.taken += 1
             return
         refreshing = [self.views.get(sc.kind, sc.ident) for sc in scopes
                       if self.views is not None and f"req:{sc.kind}:{sc.ident}:{win}" in adds]
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for v in refreshing:
             v.refreshing = done
+        # Shielded: a caller cancelled meanwhile (its client left) does not cut the round trip short, so whether
+        # the counts were applied is known, and they are taken back exactly when they were.
+        trip = asyncio.ensure_future(self.counters.hit(adds, reads))
         try:
-            added, read_values = await self.counters.hit(adds, reads)
-        except BaseException:
+            added, read_values = await asyncio.shield(trip)
+        except asyncio.CancelledError:
             self._give_back(leased)
+            trip.add_done_callback(lambda t: self._undo(t, adds))
+            raise
+        except BaseException:  # the store failed: the counts were most likely not applied (a bucket counting a
+            self._give_back(leased)  # little high refuses early; one counting low could admit past the limit)
             raise
         finally:
             for v in refreshing:
@@ -136,6 +141,8 @@ class RateLimiter:
             prev, curr = values[prev_key], values[f"tok:{sc.kind}:{sc.ident}:{win}"]
             if self.views is not None:
                 v = self.views.get(sc.kind, sc.ident)
+                if v.tok_win == win:  # both are lower bounds: the view may hold own tokens not yet in the store
+                    prev, curr = max(prev, v.tok_prev), max(curr, v.tok_curr)
                 v.tok_win, v.tok_prev, v.tok_curr, v.tok_at = win, prev, curr, now
             if window_estimate(prev, curr, frac) >= sc.tpm:
                 refusal = self._over_tokens(p, sc, prev, curr, frac)
@@ -157,8 +164,8 @@ class RateLimiter:
             granted[key] = fit
         if refusal is not None:
             self._give_back(leased)
-            if adds:  # a refused request does not count against the limits
-                await self.counters.hit({k: -n for k, n in adds.items()}, [])
+            if adds:  # a refused request does not count against the limits (even if its caller is cancelled)
+                await asyncio.shield(self._background(self.counters.hit({k: -n for k, n in adds.items()}, [])))
             raise refusal
         unused: dict[str, int] = {}
         for sc in scopes:
@@ -172,18 +179,20 @@ class RateLimiter:
                 if left > 0:
                     old = f"req:{sc.kind}:{sc.ident}:{old_win}"
                     unused[old] = unused.get(old, 0) - left
-        for v in leased:
-            v.taken += 1
+                if granted[key] > 1:
+                    self._schedule_sweep()
+        for t in leased:
+            t.view.taken += 1
         if unused:  # off the response's path: until it lands, other processes see a little more than was used
             self._background(self.counters.hit(unused, []))
 
     def _plan(self, p: Principal, scopes: list[_Scope], win: int, frac: float, now: float) -> tuple[
-            list[str], dict[str, int], list[ScopeView], ScopeView | None]:
+            list[str], dict[str, int], list[Taken], ScopeView | None]:
         """What the views answer: (buckets to read, buckets to count, leases taken from, or a view whose next
         lease another admission is fetching). Raises at once when a token view shows the limit reached."""
         reads: list[str] = []
         adds: dict[str, int] = {}
-        leased: list[ScopeView] = []  # leases this request takes from, given back if it is refused
+        leased: list[Taken] = []  # leases this request takes from, given back if it is refused
         for sc in scopes:
             v = self.views.get(sc.kind, sc.ident) if self.views is not None else None
             if sc.tpm:
@@ -199,8 +208,9 @@ class RateLimiter:
             if sc.rpm:
                 if v is not None and v.lease_usable(win, now):
                     v.lease_left -= 1
-                    leased.append(v)
-                elif v is not None and v.refreshing is not None:
+                    leased.append(Taken(v, sc.kind, sc.ident, v.lease_win, v.lease_at))
+                elif (v is not None and v.refreshing is not None
+                      and v.refreshing.get_loop() is asyncio.get_running_loop()):  # another loop's: stale
                     self._give_back(leased)
                     return [], {}, [], v
                 else:
@@ -215,6 +225,23 @@ class RateLimiter:
         if adds:
             self._background(self.counters.hit(adds, []))
 
+    def _undo(self, trip: asyncio.Future, adds: dict[str, int]) -> None:  # type: ignore[type-arg]
+        if not trip.cancelled() and trip.exception() is None and adds:
+            self._background(self.counters.hit({k: -n for k, n in adds.items()}, []))
+
+    def _schedule_sweep(self) -> None:
+        """Give leases back soon after they expire, even if no admission comes (a process gone quiet)."""
+        loop = asyncio.get_running_loop()
+        if self._sweep is None or self._sweep_loop is not loop:
+            self._sweep, self._sweep_loop = loop.call_later(LEASE_TTL_S * 1.2, self._swept), loop
+
+    def _swept(self) -> None:
+        self._sweep = None
+        assert self.views is not None
+        self._give_back_unused(self.views.take_unused(time.time()))
+        if self.views.holding():
+            self._schedule_sweep()
+
     async def release(self) -> None:
         """Give every lease's unused requests back (the server is stopping)."""
         if self.views is not None:
@@ -222,10 +249,16 @@ class RateLimiter:
         while self._tasks:
             await asyncio.gather(*self._tasks)
 
-    @staticmethod
-    def _give_back(leased: list[ScopeView]) -> None:
-        for v in leased:
-            v.lease_left += 1
+    def _give_back(self, leased: list[Taken]) -> None:
+        """Put requests taken from leases back: into the lease if it is still the one they came from, else into
+        the bucket of their minute (an await let another admission replace the lease meanwhile)."""
+        unused = []
+        for t in leased:
+            if t.view.lease_win == t.win and t.view.lease_at == t.at:
+                t.view.lease_left += 1
+            else:
+                unused.append((t.kind, t.ident, t.win, 1))
+        self._give_back_unused(unused)
 
     def _over_tokens(self, p: Principal, sc: _Scope, prev: int, curr: int, frac: float) -> LimitExceeded:
         assert sc.tpm is not None
@@ -234,17 +267,18 @@ class RateLimiter:
             "Slow down or ask an admin for a higher limit.", "rate_limit_exceeded",
             seconds_until_room(prev, curr, sc.tpm, 1, frac))
 
-    def _background(self, coro) -> None:  # type: ignore[no-untyped-def]
+    def _background(self, coro) -> asyncio.Task[None]:  # type: ignore[no-untyped-def]
         task = asyncio.get_running_loop().create_task(self._quietly(coro))
         self._tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
+        return task
 
     @staticmethod
     async def _quietly(coro) -> None:  # type: ignore[no-untyped-def]
         try:
             await coro
         except Exception:  # a lease not given back only makes the bucket count high until the window moves on
-            log.exception("could not give back an unused rate-limit lease")
+            log.exception("could not give counted requests back to the rate limits")
 
     def note_tokens(self, p: Principal, tokens: int, now: float | None = None) -> None:
         """This process's own request ended with ``tokens``: its token views count them at once."""

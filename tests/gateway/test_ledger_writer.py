@@ -128,3 +128,35 @@ def test_a_failed_batch_fails_its_requests_and_the_writer_goes_on(pg_ledger: Usa
 
     asyncio.run(scenario())
     assert list(ledger_rows(pg_ledger.db.url)) == ["kept"]
+
+
+def test_a_batch_cut_short_goes_back_to_the_queue(pg_ledger: UsageLedger) -> None:
+    """The writer's task is cancelled mid-statement (the loop is ending) and a request's clean-up then queues
+    another row on the same loop: the first batch must not be forgotten when a second task starts."""
+    import psycopg
+
+    from qwenhost.gateway import pg
+
+    blocker = psycopg.connect(pg.conninfo(pg_ledger.db.url))
+    blocker.execute("LOCK TABLE usage IN EXCLUSIVE MODE")  # the first statement waits, for real
+
+    async def request_task() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # an await in the clean-up (closing a generator, say)
+            pg_ledger.enqueue(entry("second"))  # what Meter.abandoned does
+            raise
+
+    async def scenario() -> None:
+        pg_ledger.enqueue(entry("first"))
+        asyncio.get_running_loop().create_task(request_task())
+        await asyncio.sleep(0.3)  # returning ends asyncio.run, which cancels the writer and the request
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        blocker.rollback()
+        blocker.close()
+    pg_ledger.close()
+    assert sorted(ledger_rows(pg_ledger.db.url)) == ["first", "second"]
