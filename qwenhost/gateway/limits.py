@@ -109,29 +109,11 @@ class RateLimiter:
             for t in leased:
                 t.view.taken += 1
             return
-        refreshing = [self.views.get(sc.kind, sc.ident) for sc in scopes
-                      if self.views is not None and f"req:{sc.kind}:{sc.ident}:{win}" in adds]
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for v in refreshing:
-            v.refreshing = done
-        # Shielded: a caller cancelled meanwhile (its client left) does not cut the round trip short, so whether
-        # the counts were applied is known, and they are taken back exactly when they were.
-        trip = asyncio.ensure_future(self.counters.hit(adds, reads))
-        try:
-            added, read_values = await asyncio.shield(trip)
-        except asyncio.CancelledError:
-            self._give_back(leased)
-            trip.add_done_callback(lambda t: self._undo(t, adds))
-            raise
-        except BaseException:  # the store failed: the counts were most likely not applied (a bucket counting a
-            self._give_back(leased)  # little high refuses early; one counting low could admit past the limit)
-            raise
-        finally:
-            for v in refreshing:
-                if v.refreshing is done:
-                    v.refreshing = None
-            # The waiters run after this coroutine's next await or return: by then the views hold the new lease.
-            done.set_result(None)
+        if self.views is None:  # counters in this process: no round trip to share, none to cut short
+            added, read_values = await self.counters.hit(adds, reads)
+        else:
+            added, read_values = await self._trip(adds, reads, leased, [
+                self.views.get(sc.kind, sc.ident) for sc in scopes if f"req:{sc.kind}:{sc.ident}:{win}" in adds])
         values = dict(zip(reads, read_values, strict=True))
         refusal: LimitExceeded | None = None
         for sc in scopes:
@@ -185,6 +167,31 @@ class RateLimiter:
             t.view.taken += 1
         if unused:  # off the response's path: until it lands, other processes see a little more than was used
             self._background(self.counters.hit(unused, []))
+
+    async def _trip(self, adds: dict[str, int], reads: list[str], leased: list[Taken],
+                    refreshing: list[ScopeView]) -> tuple[dict[str, int], list[int]]:
+        """One round trip to the shared counters, marked on the views whose next lease it fetches."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for v in refreshing:
+            v.refreshing = done
+        # Shielded: a caller cancelled meanwhile (its client left) does not cut the round trip short, so whether
+        # the counts were applied is known, and they are taken back exactly when they were.
+        trip = asyncio.ensure_future(self.counters.hit(adds, reads))
+        try:
+            return await asyncio.shield(trip)
+        except asyncio.CancelledError:
+            self._give_back(leased)
+            trip.add_done_callback(lambda t: self._undo(t, adds))
+            raise
+        except BaseException:  # the store failed: the counts were most likely not applied (a bucket counting a
+            self._give_back(leased)  # little high refuses early; one counting low could admit past the limit)
+            raise
+        finally:
+            for v in refreshing:
+                if v.refreshing is done:
+                    v.refreshing = None
+            # The waiters run after the caller's next await or return: by then the views hold the new lease.
+            done.set_result(None)
 
     def _plan(self, p: Principal, scopes: list[_Scope], win: int, frac: float, now: float) -> tuple[
             list[str], dict[str, int], list[Taken], ScopeView | None]:
