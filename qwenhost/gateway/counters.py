@@ -45,6 +45,10 @@ class MemoryCounters:
         self._swept = time.monotonic()
 
     async def add(self, key: str, amount: int) -> int:
+        return self.add_now(key, amount)
+
+    def add_now(self, key: str, amount: int) -> int:
+        """``add`` without a coroutine: in one process there is nothing to wait for."""
         now = time.monotonic()
         with self._lock:
             value = self._values.get(key, (0, 0.0))[0] + amount

@@ -158,7 +158,12 @@ class Gateway:
         """Count the tokens against the limits, off the response's path (the next admission reads them, not this
         response), unless the ledger statement counts them."""
         if (p.tpm or p.project_tpm) and not self._tokens_with_ledger:
-            self._background(self._count_tokens(p, entry.prompt_tokens + entry.completion_tokens))
+            tokens = entry.prompt_tokens + entry.completion_tokens
+            if isinstance(self.counters, MemoryCounters):  # in this process: at once (a task cost more)
+                for key, n in self.limiter.token_adds(p, tokens).items():
+                    self.counters.add_now(key, n)
+            else:
+                self._background(self._count_tokens(p, tokens))
 
     async def settle(self, p: Principal, s: Settlement, *, prompt_tokens: int, cached_tokens: int,
                      completion_tokens: int, status: str) -> UsageEntry:

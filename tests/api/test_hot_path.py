@@ -152,3 +152,11 @@ def test_event_stream_passes_on_a_server_cancel() -> None:
 
     asyncio.run(scenario())
     assert events == ["cleanup"]
+
+
+def test_fastapi_telemetry_is_on_only_where_opentelemetry_is_set_up() -> None:
+    from qwenhost.api.app import fastapi_telemetry
+
+    assert fastapi_telemetry({"PATH": "/bin"}) == {"tracing": False, "metrics": False, "logs": False}
+    assert fastapi_telemetry({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}) is None
+    assert fastapi_telemetry({"FASTAPI_OTEL_AUTO_CONFIGURE": "true"}) is None

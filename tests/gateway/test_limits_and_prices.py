@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import secrets
+import time
 
 import pytest
 from sqlalchemy import select, text
@@ -250,3 +251,23 @@ def test_a_connection_the_database_dropped_is_retried() -> None:
         gw.close()
         for _ in urls:
             pass
+
+
+def test_a_finished_requests_tokens_count_before_the_next_admission(gateway) -> None:  # type: ignore[no-untyped-def]
+    """Through the gateway: counters in memory (SQLite's default) count at once, in PostgreSQL with the row."""
+    p = gateway.keys.authenticate(gateway.keys.create(gateway.projects.create("tok").id, tpm=20).key)
+
+    async def run() -> None:
+        if time.time() % 60 > 55:  # inside one minute: across one, the window's decay lets a request through
+            await asyncio.sleep(61 - time.time() % 60)
+        await gateway.admit(p)
+        await gateway.settle(p, gateway.start("chatcmpl-t1", "echo", "echo"), prompt_tokens=10, cached_tokens=0,
+                             completion_tokens=5, status="completed")
+        await gateway.admit(p)  # 15 of 20
+        await gateway.settle(p, gateway.start("chatcmpl-t2", "echo", "echo"), prompt_tokens=4, cached_tokens=0,
+                             completion_tokens=1, status="completed")
+        with pytest.raises(LimitExceeded) as ei:  # 20 of 20
+            await gateway.admit(p)
+        assert "20 tokens per minute" in ei.value.message
+
+    asyncio.run(run())
