@@ -101,12 +101,12 @@ class Views:
     def holding(self) -> bool:
         return any(v.lease_left > 0 for v in self._views.values())
 
-    def take_unused(self, now: float, everything: bool = False) -> list[tuple[str, int, int, int]]:
-        """(kind, id, window, requests) of the leases past their time (or of all of them), forgotten here: the
-        caller gives those requests back to the buckets, so a key that went quiet does not keep them."""
+    def take_unused(self, now: float | None) -> list[tuple[str, int, int, int]]:
+        """(kind, id, window, requests) of the leases past their time at ``now`` (None: of all of them),
+        forgotten here: the caller gives those requests back, so a key that went quiet does not keep them."""
         out = []
         for (kind, ident), v in self._views.items():
-            if v.lease_left > 0 and (everything or not 0 <= now - v.lease_at < LEASE_TTL_S):
+            if v.lease_left > 0 and (now is None or not 0 <= now - v.lease_at < LEASE_TTL_S):
                 out.append((kind, ident, v.lease_win, v.lease_left))
                 v.lease_left = 0
         return out

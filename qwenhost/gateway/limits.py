@@ -147,26 +147,23 @@ class RateLimiter:
         if refusal is not None:
             self._give_back(leased)
             if adds:  # a refused request does not count against the limits (even if its caller is cancelled)
-                await asyncio.shield(self._background(self.counters.hit({k: -n for k, n in adds.items()}, [])))
+                await asyncio.shield(self._take_back(adds))
             raise refusal
-        unused: dict[str, int] = {}
+        unused: list[tuple[str, int, int, int]] = []  # counted and not to be used: (kind, id, window, requests)
         for sc in scopes:
             key = f"req:{sc.kind}:{sc.ident}:{win}"
             if key not in granted:
                 continue
-            if adds[key] > granted[key]:
-                unused[key] = unused.get(key, 0) - (adds[key] - granted[key])
+            unused.append((sc.kind, sc.ident, win, adds[key] - granted[key]))
             if self.views is not None:
                 old_win, left = self.views.get(sc.kind, sc.ident).new_lease(win, granted[key], now)
-                if left > 0:
-                    old = f"req:{sc.kind}:{sc.ident}:{old_win}"
-                    unused[old] = unused.get(old, 0) - left
+                unused.append((sc.kind, sc.ident, old_win, left))
                 if granted[key] > 1:
                     self._schedule_sweep()
         for t in leased:
             t.view.taken += 1
-        if unused:  # off the response's path: until it lands, other processes see a little more than was used
-            self._background(self.counters.hit(unused, []))
+        # Off the response's path: until it lands, other processes see a little more than was used.
+        self._give_back_unused(unused)
 
     async def _trip(self, adds: dict[str, int], reads: list[str], leased: list[Taken],
                     refreshing: list[ScopeView]) -> tuple[dict[str, int], list[int]]:
@@ -226,23 +223,28 @@ class RateLimiter:
         return reads, adds, leased, None
 
     def _give_back_unused(self, unused: list[tuple[str, int, int, int]]) -> None:
+        """Take (kind, id, window, requests) back out of the request buckets, in the background."""
         adds: dict[str, int] = {}
-        for kind, ident, win, left in unused:
-            adds[f"req:{kind}:{ident}:{win}"] = adds.get(f"req:{kind}:{ident}:{win}", 0) - left
+        for kind, ident, win, n in unused:
+            if n > 0:
+                adds[f"req:{kind}:{ident}:{win}"] = adds.get(f"req:{kind}:{ident}:{win}", 0) + n
         if adds:
-            self._background(self.counters.hit(adds, []))
+            self._take_back(adds)
+
+    def _take_back(self, adds: dict[str, int]) -> asyncio.Task[None]:
+        return self._background(self.counters.hit({k: -n for k, n in adds.items()}, []))
 
     def _undo(self, trip: asyncio.Future, adds: dict[str, int]) -> None:  # type: ignore[type-arg]
         if not trip.cancelled() and trip.exception() is None and adds:
-            self._background(self.counters.hit({k: -n for k, n in adds.items()}, []))
+            self._take_back(adds)
 
     def _schedule_sweep(self) -> None:
         """Give leases back soon after they expire, even if no admission comes (a process gone quiet)."""
         loop = asyncio.get_running_loop()
         if self._sweep is None or self._sweep_loop is not loop:
-            self._sweep, self._sweep_loop = loop.call_later(LEASE_TTL_S * 1.2, self._swept), loop
+            self._sweep, self._sweep_loop = loop.call_later(LEASE_TTL_S * 1.2, self._sweep_now), loop
 
-    def _swept(self) -> None:
+    def _sweep_now(self) -> None:
         self._sweep = None
         assert self.views is not None
         self._give_back_unused(self.views.take_unused(time.time()))
@@ -252,7 +254,7 @@ class RateLimiter:
     async def release(self) -> None:
         """Give every lease's unused requests back (the server is stopping)."""
         if self.views is not None:
-            self._give_back_unused(self.views.take_unused(0.0, everything=True))
+            self._give_back_unused(self.views.take_unused(None))
         while self._tasks:
             await asyncio.gather(*self._tasks)
 
