@@ -75,8 +75,9 @@ class _LoopWriter:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.pending: list[tuple[UsageEntry, asyncio.Future[None] | None]] = []
-        # The batch being committed: if the loop goes away mid-statement (asyncio.run cancelling what is left),
-        # close() writes it again through the thread; the request id makes that a no-op if it had committed.
+        # The batch being committed. A cancelled task puts it back in pending; if the loop instead stops with the
+        # task suspended (never resumed), close() writes it again through the thread, and the request id makes
+        # that a no-op if it had committed.
         self.inflight: list[UsageEntry] = []
         self.task: asyncio.Task[None] | None = None
 

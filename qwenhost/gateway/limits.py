@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from qwenhost.gateway.counters import CounterStore
+from qwenhost.gateway.counters import CounterStore, MemoryCounters
 from qwenhost.gateway.keys import Principal
 from qwenhost.gateway.leases import LEASE_TTL_S, TOKENS_LOCAL_BELOW, ScopeView, Taken, Views
 from qwenhost.gateway.ledger import UsageLedger, month_of
@@ -286,8 +286,8 @@ class RateLimiter:
     async def _quietly(coro) -> None:  # type: ignore[no-untyped-def]
         try:
             await coro
-        except Exception:  # a lease not given back only makes the bucket count high until the window moves on
-            log.exception("could not give counted requests back to the rate limits")
+        except Exception:  # the response is not failed for it: a bucket is off until the window moves on
+            log.exception("could not update the rate-limit counters")
 
     def note_tokens(self, p: Principal, tokens: int, now: float | None = None) -> None:
         """This process's own request ended with ``tokens``: its token views count them at once."""
@@ -305,6 +305,15 @@ class RateLimiter:
             return {}
         win = int((time.time() if now is None else now) // WINDOW_S)
         return {f"tok:{sc.kind}:{sc.ident}:{win}": tokens for sc in _scopes(p) if sc.tpm}
+
+    def count_tokens(self, p: Principal, tokens: int) -> None:
+        """Count a finished request's tokens, off the response's path: in this process at once (a task per
+        request cost more than the count), in shared counters from a background task."""
+        if isinstance(self.counters, MemoryCounters):
+            for key, n in self.token_adds(p, tokens).items():
+                self.counters.add_now(key, n)
+        else:
+            self._background(self.add_tokens(p, tokens))
 
     async def add_tokens(self, p: Principal, tokens: int, now: float | None = None) -> None:
         adds = self.token_adds(p, tokens, now)

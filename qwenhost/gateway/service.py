@@ -3,7 +3,6 @@ write its ledger row, count its tokens against the limits)."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import ipaddress
 import logging
@@ -79,7 +78,6 @@ class Gateway:
         self.auth_required = True
         self._keys_checked = 0.0
         self._anonymous: Principal | None = None
-        self._tasks: set[asyncio.Task] = set()
 
     @classmethod
     def from_env(cls, *, serving: bool = False) -> Gateway:
@@ -158,12 +156,7 @@ class Gateway:
         """Count the tokens against the limits, off the response's path (the next admission reads them, not this
         response), unless the ledger statement counts them."""
         if (p.tpm or p.project_tpm) and not self._tokens_with_ledger:
-            tokens = entry.prompt_tokens + entry.completion_tokens
-            if isinstance(self.counters, MemoryCounters):  # in this process: at once (a task cost more)
-                for key, n in self.limiter.token_adds(p, tokens).items():
-                    self.counters.add_now(key, n)
-            else:
-                self._background(self._count_tokens(p, tokens))
+            self.limiter.count_tokens(p, entry.prompt_tokens + entry.completion_tokens)
 
     async def settle(self, p: Principal, s: Settlement, *, prompt_tokens: int, cached_tokens: int,
                      completion_tokens: int, status: str) -> UsageEntry:
@@ -182,17 +175,6 @@ class Gateway:
         self.ledger.enqueue(entry)
         self._count_apart(p, entry)
         return entry
-
-    def _background(self, coro) -> None:  # type: ignore[no-untyped-def]
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(self._tasks.discard)
-
-    async def _count_tokens(self, p: Principal, tokens: int) -> None:
-        try:
-            await self.limiter.add_tokens(p, tokens)
-        except Exception:  # the row is written; a counter store hiccup must not fail the response
-            log.exception("could not count tokens against the rate limits")
 
     def close(self) -> None:
         self.ledger.close()
