@@ -23,10 +23,10 @@ from qwenhost.gateway.audit import (
 )
 from qwenhost.gateway.keys import Principal
 from qwenhost.gateway.ledger import month_of
-from qwenhost.gateway.prices import check_model_name, micro_to_usd, nano_to_usd, usd_to_micro
+from qwenhost.gateway.prices import micro_to_usd, nano_to_usd, usd_to_micro
 from qwenhost.gateway.schema import ApiKey, Project
 from qwenhost.gateway.usage import local_cost_reports, usage_report
-from qwenhost.gateway.widths import MODEL_NAME_MAX
+from qwenhost.gateway.widths import MODEL_NAME_MAX, check_model_name
 from qwenhost.router.local import RequestError
 
 router = APIRouter()

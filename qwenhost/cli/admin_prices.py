@@ -16,7 +16,7 @@ from qwenhost.cli.admin import (
     open_gateway,
     parse_usd,
 )
-from qwenhost.gateway.widths import INT32_MAX, MODEL_NAME_MAX
+from qwenhost.gateway.widths import INT32_MAX, check_model_name
 
 prices_app = typer.Typer(help="Set and list model prices (per million tokens) and local hardware costs.",
                          no_args_is_help=True)
@@ -26,8 +26,10 @@ NO_LOCAL_USAGE = "no local usage recorded yet; serve some requests first"
 
 def _model_name(model: str) -> str:
     model = model.strip()
-    if not model or len(model) > MODEL_NAME_MAX:
-        raise fail(f"MODEL must be 1 to {MODEL_NAME_MAX} characters (got {len(model)})")
+    try:
+        check_model_name(model)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
     return model
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import delete, select
 
 from qwenhost.gateway.db import Database
 from qwenhost.gateway.schema import LocalCost, ModelPrice
-from qwenhost.gateway.widths import MODEL_NAME_MAX
+from qwenhost.gateway.widths import check_model_name
 
 MICRO = Decimal(1_000_000)
 CACHE_TTL_S = 10.0
@@ -51,13 +51,6 @@ def cost_nusd(tier: PriceTier, prompt: int, cached: int, completion: int) -> int
     cached = min(cached, prompt)
     pico = (prompt - cached) * tier.input_musd + cached * tier.cached_musd + completion * tier.output_musd
     return (pico + 500) // 1000
-
-
-def check_model_name(model: str) -> None:
-    if not model.strip():
-        raise ValueError("model must not be empty")
-    if len(model) > MODEL_NAME_MAX:
-        raise ValueError(f"the model name must be at most {MODEL_NAME_MAX} characters (got {len(model)})")
 
 
 class PriceBook:

@@ -307,8 +307,9 @@ def test_audit_command(cli: Run, db_url: str) -> None:
     (("keys", "revoke", "qh-00000000"), "no key 'qh-00000000'"),
     (("keys", "revoke", "hello"), "is not a key prefix"),
     (("keys", "create", "--project", "x", "--expires", "9999-12-31T23:00-05:00"), "--expires must be a date"),
-    (("prices", "set", "m" * 201, "--input", "1", "--output", "2"), "MODEL must be 1 to 200 characters"),
-    (("prices", "local", "m", "--per-hour", "1", "--compare-to", "c" * 201), "MODEL must be 1 to 200 characters"),
+    (("prices", "set", "m" * 201, "--input", "1", "--output", "2"), "at most 200 characters (got 201)"),
+    (("prices", "local", "m", "--per-hour", "1", "--compare-to", "c" * 201), "at most 200 characters (got 201)"),
+    (("prices", "set", "  ", "--input", "1", "--output", "2"), "the model name must not be empty"),
 ])
 def test_bad_input_exits_2_with_a_message(cli: Run, db_url: str, args: tuple[str, ...], message: str) -> None:
     result = cli(*args, code=2)
