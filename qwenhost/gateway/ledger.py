@@ -24,7 +24,8 @@ from sqlalchemy import select
 
 from qwenhost.gateway.counters import BUCKET_TTL_S
 from qwenhost.gateway.db import Database
-from qwenhost.gateway.schema import Spend, UsageRecord
+from qwenhost.gateway.schema import Spend
+from qwenhost.gateway.sqlite_ledger import SqliteLedgerWriter
 
 log = logging.getLogger("qwenhost.ledger")
 MAX_BATCH = 512
@@ -110,21 +111,18 @@ class UsageLedger:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.rows_written = 0
-        # Built once: constructing these statements (and their cache keys) cost more than executing them for
-        # the one-row batches of a lightly loaded server, where each response waits for its batch's commit.
-        self._insert_rows = (self.db.insert(UsageRecord).on_conflict_do_nothing(index_elements=["request_id"])
-                             .returning(UsageRecord.request_id))
-        # PostgreSQL: the batch and its spend in one statement on a connection of the writer's own.
+        # PostgreSQL: the batch and its spend in one statement on a connection of the writer's own. SQLite: the
+        # writer thread's own sqlite3 connection, without SQLAlchemy's per-statement work.
         self._pg = self._pg_async = None
+        self._sqlite: SqliteLedgerWriter | None = None
         self._loop_writer: _LoopWriter | None = None
-        if not db.is_sqlite:  # imported here: psycopg takes 0.1 s to import, which SQLite users need not pay
+        if db.is_sqlite:
+            self._sqlite = SqliteLedgerWriter(db.engine, _ROW_FIELDS)
+        else:  # imported here: psycopg takes 0.1 s to import, which SQLite users need not pay
             from qwenhost.gateway import pg
 
             self._pg = pg.SyncConnection(pg.conninfo(db.url))  # for callers outside an event loop
             self._pg_async = pg.AsyncConnections(pg.conninfo(db.url), size=1)
-        spend = self.db.insert(Spend)
-        self._add_spend = spend.on_conflict_do_update(index_elements=["scope", "scope_id", "month"],
-                                                      set_={"cost_nusd": Spend.cost_nusd + spend.excluded.cost_nusd})
 
     def on_spend(self, listener: SpendListener) -> None:
         """Called with {(scope, id, month): nano-USD} after each commit: in the writer thread, or on the event
@@ -237,12 +235,15 @@ class UsageLedger:
         if w is not None:  # rows an event loop did not get to commit (it stopped first): the thread writes them
             for e in w.unwritten():
                 self._queue_for_thread(e, _ignore)
+        still_writing = False
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout=30)
-            self._thread = None
+            still_writing, self._thread = self._thread.is_alive(), None
         if self._pg is not None:
             self._pg.close()
+        if self._sqlite is not None and not still_writing:  # a thread stuck in a write keeps its connection
+            self._sqlite.close()
 
     def _run(self) -> None:
         while True:
@@ -303,14 +304,10 @@ class UsageLedger:
             rows, by_id = self._pg_rows(entries)
             return self._inserted(by_id, [r[0] for r in self._pg.fetch(pg.LEDGER_WRITE,
                                                                         pg.ledger_params(rows, BUCKET_TTL_S))])
-        rows, by_id = self._rows(entries)
-        with self.db.engine.begin() as sa_conn:
-            inserted = sa_conn.execute(self._insert_rows, rows).scalars().all()
-            deltas = _spend_deltas(by_id, inserted)
-            if deltas:
-                sa_conn.execute(self._add_spend, [
-                    {"scope": sc, "scope_id": sid, "month": m, "cost_nusd": amount}
-                    for (sc, sid, m), amount in sorted(deltas.items())])
+        assert self._sqlite is not None
+        by_id = {e.request_id: e for e in entries}
+        inserted, deltas = self._sqlite.write([tuple(getattr(e, name) for name in _ROW_FIELDS)
+                                               for e in by_id.values()], lambda ids: _spend_deltas(by_id, ids))
         self.rows_written += len(inserted)
         return deltas
 
