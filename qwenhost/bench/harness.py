@@ -18,6 +18,7 @@ from qwenhost.bench import peers as peer_procs
 from qwenhost.bench import runner, workloads
 from qwenhost.bench.client import ChatClient
 from qwenhost.bench.stats import RequestRecord
+from qwenhost.engine.runner import extra_buffers_enabled
 
 # qwenhost-per-seq is qwenhost with --kv-layout per-sequence: listed beside the others, never judged by a target.
 PEERS = ("qwenhost", "llama-server", "llama-server-kvu", "qwenhost-per-seq")
@@ -94,27 +95,28 @@ def _server_command(peer: str, opts: BenchOptions, tools: dict[str, Path], port:
         return peer_procs.qwenhost_command(opts.model_path, port, opts.parallel, opts.ctx_size, opts.threads,
                                            kv_layout="per-sequence" if peer == "qwenhost-per-seq" else "unified")
     return peer_procs.llama_server_command(tools["llama-server"], opts.model_path, port, opts.parallel, opts.ctx_size,
-                                      opts.threads, kv_unified=peer == "llama-server-kvu")
+                                           opts.threads, kv_unified=peer == "llama-server-kvu",
+                                           extra_buffers=extra_buffers_enabled())
 
 
 def run_ceilings(opts: BenchOptions, tools: dict[str, Path], say: Say) -> dict[str, Any]:
     """llama-bench pp512/tg128 and llama-batched-bench at 8 and 16 sequences, same sources and threads."""
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"extra_buffers": extra_buffers_enabled()}
     logs = opts.out / "logs"
     reps = 5 if opts.scale >= 1 else 1
     say(f"ceilings: llama-bench pp512/tg128 ({reps} repetition(s)) ...")
     try:
         out["llama_bench"] = peer_procs.run_llama_bench(tools["llama-bench"], opts.model_path, opts.threads, reps,
-                                                        logs / "llama-bench.log")
+                                                        logs / "llama-bench.log", out["extra_buffers"])
     except (RuntimeError, ValueError, KeyError) as exc:
         out["llama_bench_error"] = str(exc)
     say("ceilings: llama-batched-bench at 8 and 16 sequences ...")
     binary, counts = tools["llama-batched-bench"], (8, 16)
     out["batched_bench_command"] = peer_procs.batched_bench_command(binary, opts.model_path, opts.threads,
-                                                                    opts.ctx_size, counts)
+                                                                    opts.ctx_size, counts, out["extra_buffers"])
     try:
         parsed = peer_procs.run_batched_bench(binary, opts.model_path, opts.threads, opts.ctx_size, counts,
-                                              logs / "llama-batched-bench.log")
+                                              logs / "llama-batched-bench.log", out["extra_buffers"])
         out["batched_bench"] = {str(k): v for k, v in parsed.items()}
     except (RuntimeError, ValueError) as exc:
         out["batched_bench_error"] = str(exc)

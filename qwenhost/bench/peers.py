@@ -110,9 +110,13 @@ def qwenhost_command(model_path: Path, port: int, parallel: int, ctx_size: int, 
 
 
 def llama_server_command(binary: Path, model_path: Path, port: int, parallel: int, ctx_size: int, threads: int,
-                         kv_unified: bool = False) -> list[str]:
+                         kv_unified: bool = False, extra_buffers: bool = True) -> list[str]:
+    """extra_buffers False adds --no-repack, as qwenhost runs where llama.cpp's AMX kernels crash
+    (qwenhost.engine.runner.use_extra_buffers): same weights layout for both, and no crash."""
     cmd = [str(binary), "-m", str(model_path), "-np", str(parallel), "-c", str(ctx_size), "-t", str(threads),
            "--jinja", "--host", "127.0.0.1", "--port", str(port)]
+    if not extra_buffers:
+        cmd.append("--no-repack")
     return cmd + ["--kv-unified"] if kv_unified else cmd
 
 
@@ -237,9 +241,10 @@ def parse_batched_bench(text: str) -> dict[int, float]:
     return out
 
 
-def run_llama_bench(binary: Path, model_path: Path, threads: int, reps: int, log: Path) -> dict[str, float]:
+def run_llama_bench(binary: Path, model_path: Path, threads: int, reps: int, log: Path,
+                    extra_buffers: bool = True) -> dict[str, float]:
     cmd = [str(binary), "-m", str(model_path), "-t", str(threads), "-p", "512", "-n", "128", "-r", str(reps),
-           "-o", "json"]
+           "-o", "json", *(() if extra_buffers else ("--repack", "0"))]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     log.write_text(" ".join(cmd) + "\n" + res.stderr + res.stdout)
     if res.returncode != 0:
@@ -248,14 +253,15 @@ def run_llama_bench(binary: Path, model_path: Path, threads: int, reps: int, log
 
 
 def batched_bench_command(binary: Path, model_path: Path, threads: int, ctx_size: int,
-                          counts: Sequence[int]) -> list[str]:
+                          counts: Sequence[int], extra_buffers: bool = True) -> list[str]:
     return [str(binary), "-m", str(model_path), "-kvu", "-npp", "128", "-ntg", "128",
-            "-npl", ",".join(str(c) for c in counts), "-c", str(ctx_size), "-t", str(threads)]
+            "-npl", ",".join(str(c) for c in counts), "-c", str(ctx_size), "-t", str(threads),
+            *(() if extra_buffers else ("--no-repack",))]
 
 
 def run_batched_bench(binary: Path, model_path: Path, threads: int, ctx_size: int, counts: Sequence[int],
-                      log: Path) -> dict[int, float]:
-    cmd = batched_bench_command(binary, model_path, threads, ctx_size, counts)
+                      log: Path, extra_buffers: bool = True) -> dict[int, float]:
+    cmd = batched_bench_command(binary, model_path, threads, ctx_size, counts, extra_buffers)
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     log.write_text(" ".join(cmd) + "\n" + res.stderr + res.stdout)
     if res.returncode != 0:

@@ -30,6 +30,26 @@ def _llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
 
 _backend_ready = False
 
+EXTRA_BUFFERS_ENV = "QWENHOST_CPU_EXTRA_BUFFERS"
+
+
+def use_extra_buffers(system_info: str, setting: str | None) -> bool:
+    """Whether llama.cpp may put weights in its CPU "extra" buffer types (AMX tiles, repacked layouts).
+
+    A build with AMX (Intel Xeon 4th gen and newer) crashes in ggml_backend_amx_mul_mat on the first decode
+    of a Q4_K_M model, both qwenhost's models among them (llama.cpp issue 20824, unfixed in the pinned
+    llama.cpp). The extra buffer types can only be turned off together, so there the repacked layouts go
+    too. QWENHOST_CPU_EXTRA_BUFFERS=1 or 0 overrides the rule either way."""
+    if setting is not None and setting.strip() in ("0", "1"):
+        return setting.strip() == "1"
+    return "AMX_INT8 = 1" not in system_info
+
+
+def extra_buffers_enabled() -> bool:
+    """use_extra_buffers() for this process's llama.cpp build and environment (llama-server built from the
+    same sources gets --no-repack from the benchmarks when this is False)."""
+    return use_extra_buffers(L.llama_print_system_info().decode(errors="replace"), os.environ.get(EXTRA_BUFFERS_ENV))
+
 
 def _init_backend() -> None:
     global _backend_ready
@@ -123,6 +143,9 @@ class ModelRunner:
         _init_backend()
         self.cfg = cfg
         mparams = L.llama_model_default_params()
+        mparams.use_extra_bufts = extra_buffers_enabled()
+        if not mparams.use_extra_bufts:
+            log.info("llama.cpp's AMX and repacked weight buffers are off (%s=1 turns them on)", EXTRA_BUFFERS_ENV)
         model = L.llama_model_load_from_file(str(cfg.model_path).encode(), mparams)
         if not model:
             raise RuntimeError(f"llama.cpp could not load the model file {cfg.model_path}")

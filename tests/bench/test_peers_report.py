@@ -45,6 +45,9 @@ def test_commands_use_the_same_settings() -> None:
     assert "--kv-unified" not in ls
     assert peers.llama_server_command(Path("/b/llama-server"), model, 9000, 16, 32768, 2, kv_unified=True)[-1] == \
         "--kv-unified"
+    assert "--no-repack" not in ls
+    assert "--no-repack" in peers.llama_server_command(Path("/b/llama-server"), model, 9000, 16, 32768, 2,
+                                                       extra_buffers=False)
     qh = peers.qwenhost_command(model, 9000, 16, 32768, 2)
     assert qh[1:4] == ["-m", "qwenhost", "serve"]
     for flag, value in (("--parallel", "16"), ("--ctx-size", "32768"), ("--threads", "2"), ("--model", str(model))):
