@@ -137,9 +137,13 @@ def run_qwenhost(kind: str, plan: Plan, args: argparse.Namespace, logdir: Path, 
             env["QWENHOST_REDIS_URL"] = args.redis_url
         if kind == "postgresql+memory":
             env["QWENHOST_LIMITS"] = "memory"  # one process: counters and month-to-date spend kept in memory
+        name = f"qwenhost/{kind}"
+        if args.ledger_sync:
+            env["QWENHOST_LEDGER_SYNC"] = args.ledger_sync
+            name += f" sync={args.ledger_sync}"
         key = make_key(url)
         port = free_port()
-        server = start(f"qwenhost/{kind}", [sys.executable, "-m", "qwenhost", "serve", "--model", "echo",
+        server = start(name, [sys.executable, "-m", "qwenhost", "serve", "--model", "echo",
                                             "--port", str(port), "--log-level", "warning"],
                        env, port, key, "/health", logdir)
         probes = 0
@@ -154,7 +158,7 @@ def run_qwenhost(kind: str, plan: Plan, args: argparse.Namespace, logdir: Path, 
             stop(server)
         sent = probes + sum(r["ok"] for r in mine)
         rows, completed, priced = ledger_rows(url)
-        return {"target": f"qwenhost/{kind}", "ledger_rows": rows, "requests_ok": sent, "completed": completed,
+        return {"target": name, "ledger_rows": rows, "requests_ok": sent, "completed": completed,
                 "priced": priced, "ledger_ok": rows == sent == completed == priced}
     finally:
         if pg is not None:
@@ -211,6 +215,9 @@ def main() -> None:
                     help="qwenhost set-ups to run (postgresql: limits counted in the database, its default without "
                          "Redis; +redis: in Redis; +memory: QWENHOST_LIMITS=memory, one process)")
     ap.add_argument("--redis", action="store_true", help="also PostgreSQL with Redis counters")
+    ap.add_argument("--ledger-sync", choices=["process", "disk"],
+                    help="QWENHOST_LEDGER_SYNC for every qwenhost set-up (default: each database's own default: "
+                         "process on SQLite, disk on PostgreSQL)")
     ap.add_argument("--mode", choices=["both", "json", "stream"], default="both")
     ap.add_argument("--pg-url", default=DEFAULT_PG_URL, help="PostgreSQL to create a throw-away schema in")
     ap.add_argument("--redis-url", default=DEFAULT_REDIS_URL)

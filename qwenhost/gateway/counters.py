@@ -160,7 +160,7 @@ class PostgresCounters:
         from qwenhost.gateway import pg
 
         self._pg = pg
-        self._conns = pg.AsyncConnections(pg.conninfo(db.url), setup=("SET synchronous_commit TO OFF",))
+        self._conns = pg.AsyncConnections(pg.conninfo(db.url), setup=pg.NO_FLUSH_WAIT)
         self._last_sweep = time.monotonic()
 
     async def hit(self, adds: dict[str, int], reads: list[str]) -> tuple[dict[str, int], list[int]]:

@@ -18,6 +18,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from qwenhost.config import home_dir
 
 DATABASE_URL_ENV = "QWENHOST_DATABASE_URL"
+LEDGER_SYNC_ENV = "QWENHOST_LEDGER_SYNC"
+# What a committed usage row survives: "process" a crash of qwenhost (kill -9); "disk" also a crash of the
+# machine or of the database server, at the cost of a disk flush per commit.
+LEDGER_SYNC_LEVELS = ("process", "disk")
 T = TypeVar("T")
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -40,15 +44,31 @@ def _normalize(url: str) -> str:
     return url
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
-    cur = dbapi_conn.cursor()
-    # WAL lets readers run beside the ledger writer; NORMAL keeps every commit across a process crash
-    # (kill -9), though not across power loss (set synchronous=FULL in the URL's query for that).
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
+def ledger_sync(is_sqlite: bool, setting: str | None = None) -> str:
+    """The durability of ledger commits: QWENHOST_LEDGER_SYNC, else "process" on SQLite (its usual WAL
+    setting) and "disk" on PostgreSQL (its own default)."""
+    raw = (os.environ.get(LEDGER_SYNC_ENV, "") if setting is None else setting).strip().lower()
+    if not raw:
+        return "process" if is_sqlite else "disk"
+    if raw not in LEDGER_SYNC_LEVELS:
+        raise DatabaseError(f"{LEDGER_SYNC_ENV} must be 'process' (a committed usage row survives a crash of "
+                            "qwenhost) or 'disk' (it also survives a crash of the machine or the database server), "
+                            f"not {raw!r}")
+    return raw
+
+
+def _sqlite_pragmas(synchronous: str) -> Callable[..., None]:
+    def on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        cur = dbapi_conn.cursor()
+        # WAL lets readers run beside the ledger writer. NORMAL keeps every commit across a crash of the
+        # process (kill -9), not across power loss; FULL flushes the WAL to disk at every commit.
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    return on_connect
 
 
 def _no_autocheckpoint(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -68,6 +88,7 @@ class Database:
         except Exception as exc:
             raise DatabaseError(f"{DATABASE_URL_ENV} is not a database URL: {exc}") from exc
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.ledger_sync = ledger_sync(self.is_sqlite)
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self._closed = threading.Event()
@@ -81,7 +102,7 @@ class Database:
         except Exception as exc:
             raise DatabaseError(f"cannot use database {parsed.render_as_string(hide_password=True)}: {exc}") from exc
         if self.is_sqlite:
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_pragmas("FULL" if self.ledger_sync == "disk" else "NORMAL"))
             if background_checkpoint:
                 # A checkpoint inside a ledger commit made that commit wait for a disk flush (the server's p99
                 # latency); the server's connections leave it to a background thread instead. Other processes

@@ -121,8 +121,9 @@ class UsageLedger:
         else:  # imported here: psycopg takes 0.1 s to import, which SQLite users need not pay
             from qwenhost.gateway import pg
 
-            self._pg = pg.SyncConnection(pg.conninfo(db.url))  # for callers outside an event loop
-            self._pg_async = pg.AsyncConnections(pg.conninfo(db.url), size=1)
+            setup = pg.NO_FLUSH_WAIT if db.ledger_sync == "process" else ()
+            self._pg = pg.SyncConnection(pg.conninfo(db.url), setup)  # for callers outside an event loop
+            self._pg_async = pg.AsyncConnections(pg.conninfo(db.url), size=1, setup=setup)
 
     def on_spend(self, listener: SpendListener) -> None:
         """Called with {(scope, id, month): nano-USD} after each commit: in the writer thread, or on the event

@@ -88,17 +88,24 @@ async def _close_quietly(conn: psycopg.AsyncConnection) -> None:
         pass
 
 
+# A commit that returns before the WAL reaches the disk: PostgreSQL still writes it within a few hundred ms
+# whatever happens to the client; only a crash of the server or the machine can lose it.
+NO_FLUSH_WAIT = ("SET synchronous_commit TO OFF",)
+
+
 class SyncConnection:
     """One autocommit connection for one thread (the ledger writer), reconnected when dropped."""
 
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
+    def __init__(self, dsn: str, setup: tuple[str, ...] = ()) -> None:
+        self.dsn, self.setup = dsn, setup
         self._conn: psycopg.Connection | None = None
 
     def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple]:
         for attempt in (0, 1):
             if self._conn is None or self._conn.closed:
                 self._conn = psycopg.Connection.connect(self.dsn, autocommit=True)
+                for stmt in self.setup:
+                    self._conn.execute(stmt)
             try:
                 cur = self._conn.execute(sql, params)
                 return cur.fetchall() if cur.description else []

@@ -216,8 +216,21 @@ def check_rows(rows: dict[str, UsageRecord], done: list[Done], keys: Keys) -> No
 
 
 def test_kill_9_under_load_loses_and_duplicates_nothing(db_url: str) -> None:
+    kill_9_under_load(db_url, {})
+
+
+def test_kill_9_on_postgresql_without_waiting_for_the_flush() -> None:
+    """QWENHOST_LEDGER_SYNC=process: commits return before PostgreSQL flushes its WAL, and a crash of qwenhost
+    still loses nothing (the server flushes what it acknowledged)."""
+    from tests.gateway.conftest import _pg_schema_url
+
+    for url in _pg_schema_url():
+        kill_9_under_load(url, {"QWENHOST_LEDGER_SYNC": "process"})
+
+
+def kill_9_under_load(db_url: str, extra_env: dict[str, str]) -> None:
     keys = make_key(db_url, "load")
-    env = {"QWENHOST_DATABASE_URL": db_url}
+    env = {"QWENHOST_DATABASE_URL": db_url, **extra_env}
     srv = ServerProcess([], None, model="echo", env=env)
     load = Load(srv.base, keys.key)
     try:
