@@ -160,3 +160,96 @@ def test_fastapi_telemetry_is_on_only_where_opentelemetry_is_set_up() -> None:
     assert fastapi_telemetry({"PATH": "/bin"}) == {"tracing": False, "metrics": False, "logs": False}
     assert fastapi_telemetry({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}) is None
     assert fastapi_telemetry({"FASTAPI_OTEL_AUTO_CONFIGURE": "true"}) is None
+
+
+def _run_stream(body, receive=None):  # type: ignore[no-untyped-def]
+    """Run an EventStream to its end; the bodies of its messages, None for the start."""
+    sent: list[bytes | None] = []
+
+    async def never() -> dict:
+        await asyncio.sleep(60)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message.get("body"))
+
+    async def cleanup() -> None:
+        pass
+
+    async def scenario() -> None:
+        await asyncio.wait_for(EventStream(body, cleanup)({"type": "http"}, receive or never, send), 5)
+
+    asyncio.run(scenario())
+    return sent
+
+
+def test_events_made_at_once_go_out_in_one_write() -> None:
+    async def burst():  # type: ignore[no-untyped-def]
+        for i in range(5):
+            yield f"data: {i}\n\n".encode()
+
+    assert _run_stream(burst()) == [None, b"data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\n", b""]
+
+
+def test_events_made_apart_go_out_apart() -> None:
+    async def tokens():  # type: ignore[no-untyped-def]
+        for i in range(3):
+            yield f"data: {i}\n\n".encode()
+            await asyncio.sleep(0.01)  # the next token is not there yet
+
+    assert _run_stream(tokens()) == [None, b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n", b""]
+
+
+def test_an_instant_body_runs_ahead_only_so_far_and_lets_the_loop_turn() -> None:
+    from qwenhost.api.sse import READ_AHEAD_BYTES
+
+    assert 4096 <= READ_AHEAD_BYTES <= 64 * 1024  # a millisecond or so of an instant body's work, not more
+    turns: list[int] = []
+    event = b"data: " + b"x" * 1000 + b"\n\n"
+    count = 3 * READ_AHEAD_BYTES // len(event) + 1  # more than three read-aheads, never waiting
+    made = 0
+
+    async def instant():  # type: ignore[no-untyped-def]
+        nonlocal made
+        for _ in range(count):
+            made += 1
+            yield event
+
+    async def ticker() -> dict:  # runs whenever the loop turns; records how far the body had got
+        while made < count:
+            turns.append(made)
+            await asyncio.sleep(0)
+        await asyncio.sleep(60)
+        return {"type": "http.disconnect"}
+
+    sent = _run_stream(instant(), ticker)
+    writes = [b for b in sent[1:-1] if b]
+    assert b"".join(writes) == event * count
+    assert len(writes) >= 3
+    assert all(len(b) < READ_AHEAD_BYTES + len(event) for b in writes)
+    assert len(set(turns)) >= len(writes) - 1  # the loop turned between the bursts, not only at the end
+
+
+def test_a_body_that_fails_sends_what_it_made_then_raises() -> None:
+    async def failing():  # type: ignore[no-untyped-def]
+        yield b"data: 1\n\n"
+        raise RuntimeError("backend broke")
+
+    sent: list[bytes | None] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message.get("body"))
+
+    async def receive() -> dict:
+        await asyncio.sleep(60)
+        return {"type": "http.disconnect"}
+
+    async def cleanup() -> None:
+        sent.append(b"cleanup")
+
+    async def scenario() -> None:
+        with pytest.raises(RuntimeError, match="backend broke"):
+            await EventStream(failing(), cleanup)({"type": "http"}, receive, send)
+
+    asyncio.run(scenario())
+    assert sent == [None, b"data: 1\n\n", b"cleanup"]
