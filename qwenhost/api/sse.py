@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
+
+log = logging.getLogger("qwenhost.api")
 
 _MARK = "\x00"  # never left unescaped by json.dumps, so its encoding ("\u0000") is unique in a template
 _MARK_JSON = json.dumps(_MARK).encode()
@@ -42,6 +45,7 @@ class EventTemplate:
 # of real tokens never gets near it; an instant one (the echo backend, a burst from an upstream) stops here,
 # after about a millisecond of work, and lets the loop serve others, and a client that left can cancel it.
 READ_AHEAD_BYTES = 16 * 1024
+_MIN_CHUNK_COST = 64  # what a chunk counts for at least, so that tiny or empty ones cannot run on unbounded
 
 
 class EventStream:
@@ -83,6 +87,7 @@ class EventStream:
         watcher = asyncio.ensure_future(watch())
         made = _Made()
         producer: asyncio.Task[None] | None = None
+        body_error_raised = False
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             producer = asyncio.ensure_future(made.fill(self.body))
@@ -91,20 +96,30 @@ class EventStream:
                 if chunk is None:
                     break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await producer  # the body's own error, if it ended with one
+            body_error_raised = True
+            await producer  # the body's own error, if it ended with one (it has ended: this does not wait)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not state["left"]:
-                raise  # the server is stopping
-            task.uncancel()
+            # A server cancel in the same turn as the client's leaving is a second request: it still stops us.
+            if not state["left"] or task.uncancel() > 0:
+                raise
         finally:
             state["sending"] = False
             watcher.cancel()
-            if producer is not None and not producer.done():
+            cancelled_again = False
+            if producer is not None:
                 producer.cancel()  # lands where the body waits (a token, a commit); its own finally runs
-                await asyncio.wait([producer])
+                while not producer.done():  # a cancel meanwhile waits until the body has stopped
+                    try:
+                        await asyncio.wait([producer])
+                    except asyncio.CancelledError:
+                        cancelled_again = True
+                if not producer.cancelled() and (exc := producer.exception()) is not None and not body_error_raised:
+                    log.warning("a streamed response's body failed after the response ended: %r", exc)
             await self.body.aclose()
             await self.cleanup()
+            if cancelled_again:
+                raise asyncio.CancelledError
 
 
 class _Made:
@@ -122,7 +137,7 @@ class _Made:
         try:
             async for chunk in body:
                 self.chunks.append(chunk)
-                self.size += len(chunk)
+                self.size += max(len(chunk), _MIN_CHUNK_COST)
                 self.ready.set()
                 if self.size >= READ_AHEAD_BYTES:
                     self.room.clear()

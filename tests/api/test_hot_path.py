@@ -253,3 +253,108 @@ def test_a_body_that_fails_sends_what_it_made_then_raises() -> None:
 
     asyncio.run(scenario())
     assert sent == [None, b"data: 1\n\n", b"cleanup"]
+
+
+def test_empty_chunks_cannot_hold_the_loop() -> None:
+    turns = 0
+    made = 0
+
+    async def empties():  # type: ignore[no-untyped-def]
+        nonlocal made
+        for _ in range(5000):
+            made += 1
+            yield b""
+
+    async def ticker() -> dict:
+        nonlocal turns
+        while made < 5000:
+            turns += 1
+            await asyncio.sleep(0)
+        await asyncio.sleep(60)
+        return {"type": "http.disconnect"}
+
+    _run_stream(empties(), ticker)
+    assert turns >= 5000 * 64 // (16 * 1024)  # each chunk counts for 64 bytes at least
+
+
+def _client_leaves_then(after_leaving, body, send_s: float = 0.02):  # type: ignore[no-untyped-def]
+    """Run a stream whose client leaves 30 ms in; `after_leaving(task)` runs right after. Returns the events,
+    the loop's unhandled-exception reports and how the response ended."""
+    events: list[str] = []
+    reports: list[dict] = []
+
+    async def scenario() -> str:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: reports.append(ctx))
+        gone = asyncio.Event()
+
+        async def send(message: dict) -> None:
+            if send_s and message.get("more_body"):
+                await asyncio.sleep(send_s)  # a slow client
+
+        async def receive() -> dict:
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def cleanup() -> None:
+            events.append("cleanup")
+
+        task = asyncio.ensure_future(EventStream(body(events), cleanup)({"type": "http"}, receive, send))
+        await asyncio.sleep(0.03)
+        gone.set()
+        await after_leaving(task)
+        try:
+            await task
+            outcome = "returned"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+        await asyncio.sleep(0.01)
+        return outcome
+
+    outcome = asyncio.run(scenario())
+    return events, reports, outcome
+
+
+def test_a_body_failing_after_the_client_left_is_logged_not_lost(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(events):  # type: ignore[no-untyped-def]
+        yield b"data: 1\n\n"
+        await asyncio.sleep(0.01)  # fails while the response is still sending to the slow client
+        raise RuntimeError("backend broke")
+
+    async def nothing(_task) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    events, reports, outcome = _client_leaves_then(nothing, body, send_s=0.05)
+    assert outcome == "returned" and events == ["cleanup"]
+    assert reports == []  # no "Task exception was never retrieved"
+    assert "backend broke" in caplog.text
+
+
+def test_a_server_cancel_in_the_turn_the_client_leaves_still_stops_the_response() -> None:
+    async def body(events):  # type: ignore[no-untyped-def]
+        while True:
+            await asyncio.sleep(0.005)
+            yield b"data: x\n\n"
+
+    async def cancel_now(task) -> None:  # type: ignore[no-untyped-def]
+        task.cancel()  # before the watcher has run: two cancels, one delivered
+
+    events, _reports, outcome = _client_leaves_then(cancel_now, body, send_s=0)
+    assert outcome == "cancelled" and events == ["cleanup"]
+
+
+def test_a_cancel_during_the_teardown_still_bills_before_it_ends() -> None:
+    async def body(events):  # type: ignore[no-untyped-def]
+        try:
+            while True:
+                yield b"x" * 1000  # an instant body, held back by the read-ahead
+        finally:
+            events.append("body finally")
+
+    async def cancel_in_teardown(task) -> None:  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0)  # the watcher cancels the response
+        await asyncio.sleep(0)  # the response is in its finally, waiting for the body to stop
+        task.cancel()
+
+    events, _reports, outcome = _client_leaves_then(cancel_in_teardown, body)
+    assert outcome == "cancelled"
+    assert events == ["body finally", "cleanup"]  # both before the cancel ended the response
