@@ -53,8 +53,8 @@ class EventStream:
 
     The body runs in a task of its own, and the response sends whatever it has made since the last send in one
     write. Tokens that come one at a time go out one at a time, as before; chunks made at once (an upstream's
-    burst, the echo backend) go out together instead of as one ASGI message and one socket write each, about
-    a third of a streamed request's CPU on an instant backend (bench/gateway_overhead.py).
+    burst, the echo backend) go out together instead of as one ASGI message and one socket write each: a third
+    of a streamed request's CPU with 16 clients on an instant backend (docs/benchmarks.md).
 
     Starlette's StreamingResponse watches for the client leaving with an anyio task group per response, about
     a tenth of a streamed request's CPU on an instant backend. Here one plain task waits for the disconnect and
