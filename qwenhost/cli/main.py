@@ -93,6 +93,7 @@ def serve(
     from qwenhost.api.app import create_app
     from qwenhost.api.state import ServerState
     from qwenhost.engine.engine import Engine, EngineConfig, check_kv_layout
+    from qwenhost.engine.runner import extra_buffers_enabled
     from qwenhost.engine.sources import ModelSourceError, resolve_model
     from qwenhost.gateway.db import DatabaseError
     from qwenhost.gateway.service import Gateway
@@ -103,6 +104,7 @@ def serve(
     try:
         itl_s, itl_ratio = parse_itl_target(itl_target)
         check_kv_layout(kv_layout, ctx_size, parallel)
+        extra_buffers_enabled()  # a bad QWENHOST_CPU_EXTRA_BUFFERS is refused before anything starts
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

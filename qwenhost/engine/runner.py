@@ -40,7 +40,10 @@ def use_extra_buffers(system_info: str, setting: str | None) -> bool:
     of a Q4_K_M model, both qwenhost's models among them (llama.cpp issue 20824, unfixed in the pinned
     llama.cpp). The extra buffer types can only be turned off together, so there the repacked layouts go
     too. QWENHOST_CPU_EXTRA_BUFFERS=1 or 0 overrides the rule either way."""
-    if setting is not None and setting.strip() in ("0", "1"):
+    if setting is not None and setting.strip():
+        if setting.strip() not in ("0", "1"):
+            raise ValueError(f"{EXTRA_BUFFERS_ENV} must be 1 (llama.cpp's AMX and repacked weight buffers on), 0 "
+                             f"(off) or unset (off where the build has AMX), not {setting!r}")
         return setting.strip() == "1"
     return "AMX_INT8 = 1" not in system_info
 
