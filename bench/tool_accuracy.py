@@ -157,10 +157,11 @@ def server_command(which: str, model: str, model_path: Path, binary: Path | None
                 "--parallel", str(parallel), "--ctx-size", "8192", "--threads", str(threads),
                 "--log-level", "warning"]
     assert binary is not None
+    from qwenhost.bench.peers import no_repack_args
     from qwenhost.engine.runner import extra_buffers_enabled
 
     return [str(binary), "-m", str(model_path), "--jinja", "-c", "8192", "-np", str(parallel),
-            "-t", str(threads), "--port", str(port), *(() if extra_buffers_enabled() else ("--no-repack",))]
+            "-t", str(threads), "--port", str(port), *no_repack_args(extra_buffers_enabled())]
 
 
 def start_server(cmd: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -109,14 +109,17 @@ def qwenhost_command(model_path: Path, port: int, parallel: int, ctx_size: int, 
             "--kv-layout", kv_layout, "--log-level", "warning"]
 
 
+def no_repack_args(extra_buffers: bool) -> list[str]:
+    """For llama.cpp tools that take its common arguments (llama-server, llama-batched-bench): --no-repack where
+    qwenhost runs without extra buffers (qwenhost.engine.runner.use_extra_buffers), so both load the same
+    weight layout and neither crashes on AMX."""
+    return [] if extra_buffers else ["--no-repack"]
+
+
 def llama_server_command(binary: Path, model_path: Path, port: int, parallel: int, ctx_size: int, threads: int,
                          kv_unified: bool = False, extra_buffers: bool = True) -> list[str]:
-    """extra_buffers False adds --no-repack, as qwenhost runs where llama.cpp's AMX kernels crash
-    (qwenhost.engine.runner.use_extra_buffers): same weights layout for both, and no crash."""
     cmd = [str(binary), "-m", str(model_path), "-np", str(parallel), "-c", str(ctx_size), "-t", str(threads),
-           "--jinja", "--host", "127.0.0.1", "--port", str(port)]
-    if not extra_buffers:
-        cmd.append("--no-repack")
+           "--jinja", "--host", "127.0.0.1", "--port", str(port), *no_repack_args(extra_buffers)]
     return cmd + ["--kv-unified"] if kv_unified else cmd
 
 
@@ -256,7 +259,7 @@ def batched_bench_command(binary: Path, model_path: Path, threads: int, ctx_size
                           counts: Sequence[int], extra_buffers: bool = True) -> list[str]:
     return [str(binary), "-m", str(model_path), "-kvu", "-npp", "128", "-ntg", "128",
             "-npl", ",".join(str(c) for c in counts), "-c", str(ctx_size), "-t", str(threads),
-            *(() if extra_buffers else ("--no-repack",))]
+            *no_repack_args(extra_buffers)]
 
 
 def run_batched_bench(binary: Path, model_path: Path, threads: int, ctx_size: int, counts: Sequence[int],
