@@ -81,7 +81,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _limit(_: Request, exc: LimitExceeded) -> JSONResponse:
         # OpenAI's shapes: quota → type/code insufficient_quota; rate → type "requests"/"tokens", code
         # rate_limit_exceeded, with Retry-After.
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
+        if exc.code == "insufficient_quota":  # a spent budget does not come back in seconds: tell clients (the
+            headers["x-should-retry"] = "false"  # openai SDKs read this) not to retry
         err_type = "insufficient_quota" if exc.code == "insufficient_quota" else (
             "tokens" if "tokens per minute" in exc.message else "requests")
         return error_response(429, exc.message, code=exc.code, err_type=err_type, headers=headers)

@@ -37,6 +37,8 @@ async def principal(request: Request) -> Principal:
 async def admin_principal(request: Request) -> Principal:
     p = await principal(request)
     if not p.is_admin:
+        gateway_of(request).audit.auth_failure("admin_key_required", p.key_prefix,
+                                               request.client.host if request.client else "")
         raise AdminRequired(p)
     return p
 

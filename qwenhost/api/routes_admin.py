@@ -23,7 +23,7 @@ from qwenhost.gateway.audit import (
 )
 from qwenhost.gateway.keys import Principal
 from qwenhost.gateway.ledger import month_of
-from qwenhost.gateway.prices import micro_to_usd, nano_to_usd, usd_to_micro
+from qwenhost.gateway.prices import micro_to_usd, nano_to_usd, plain_decimal, removes_limit, usd_to_micro
 from qwenhost.gateway.schema import ApiKey, Project
 from qwenhost.gateway.usage import local_cost_reports, usage_report
 from qwenhost.gateway.widths import MODEL_NAME_MAX, check_model_name
@@ -45,8 +45,10 @@ class ProjectIn(_Body):
 
 
 class LimitsIn(_Body):
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
+    """A merge patch: a limit left out stays, null (or 0 for rpm/tpm, "none" for the budget) removes it."""
+
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
     budget_usd: float | str | None = None
     clear: bool = False
 
@@ -98,7 +100,21 @@ def _date(value: str | None, param: str) -> dt.datetime | None:
 
 
 def _money(n: int | None) -> str | None:
-    return None if n is None else str(nano_to_usd(n).normalize())
+    return None if n is None else plain_decimal(nano_to_usd(n))
+
+
+def _limit_changes(body: LimitsIn) -> dict[str, int | None]:
+    given = body.model_fields_set
+    changes: dict[str, int | None] = {}
+    if "rpm" in given:
+        changes["rpm"] = body.rpm or None  # the limiter reads 0 as no limit; stored as None it lists as none
+    if "tpm" in given:
+        changes["tpm"] = body.tpm or None
+    if "budget_usd" in given:
+        changes["budget_nusd"] = None if removes_limit(body.budget_usd) else _nusd(body.budget_usd, "budget_usd")
+    if not changes and not body.clear:
+        raise _bad("nothing to change: give rpm, tpm or budget_usd (null removes one), or clear: true")
+    return changes
 
 
 def _project_json(p: Project, spent: int) -> dict[str, Any]:
@@ -177,8 +193,7 @@ def update_project(ref: str, body: LimitsIn, request: Request,
                    who: Principal = Depends(admin_principal)) -> dict[str, Any]:
     gw = gateway_of(request)
     try:
-        p = gw.projects.update_limits(ref, rpm=body.rpm, tpm=body.tpm,
-                                      budget_nusd=_nusd(body.budget_usd, "budget_usd"), clear=body.clear)
+        p = gw.projects.update_limits(ref, _limit_changes(body), clear=body.clear)
     except KeyError as exc:
         raise RequestError(404, exc.args[0], err_type="not_found_error") from exc
     gw.audit.record(who.actor, "project.limits", project_id=p.id, detail=project_detail(p), remote=_remote(request))
@@ -244,9 +259,9 @@ def list_prices(request: Request) -> dict[str, Any]:
     for model, tiers in sorted(gateway_of(request).prices.all().items()):
         for t in tiers:
             data.append({"model": model, "up_to_tokens": t.up_to_tokens,
-                         "input_per_m_usd": str(micro_to_usd(t.input_musd)),
-                         "cached_input_per_m_usd": str(micro_to_usd(t.cached_musd)),
-                         "output_per_m_usd": str(micro_to_usd(t.output_musd))})
+                         "input_per_m_usd": plain_decimal(micro_to_usd(t.input_musd)),
+                         "cached_input_per_m_usd": plain_decimal(micro_to_usd(t.cached_musd)),
+                         "output_per_m_usd": plain_decimal(micro_to_usd(t.output_musd))})
     return {"object": "list", "data": data}
 
 
@@ -279,10 +294,10 @@ def list_local_costs(request: Request) -> dict[str, Any]:
     gw = gateway_of(request)
     data = []
     for r in local_cost_reports(gw.db, gw.prices.local_costs()):
-        data.append({"model": r.cost.model, "per_hour_usd": str(micro_to_usd(r.cost.hardware_musd_per_hour)),
+        data.append({"model": r.cost.model, "per_hour_usd": plain_decimal(micro_to_usd(r.cost.hardware_musd_per_hour)),
                      "compare_to": r.cost.compare_to, "tokens": r.throughput.tokens,
                      "busy_seconds": round(r.throughput.busy_seconds, 3),
-                     "per_m_usd": None if r.usd_per_million is None else str(r.usd_per_million)})
+                     "per_m_usd": None if r.usd_per_million is None else plain_decimal(r.usd_per_million)})
     return {"object": "list", "data": data}
 
 

@@ -136,7 +136,7 @@ def new_table(out: Console, title: str) -> Table:
 
 def fmt_usd(d: Decimal | None) -> str:
     """Dollars with cents, and with every further digit there is (costs are often fractions of a cent)."""
-    from qwenhost.gateway.audit import plain_decimal
+    from qwenhost.gateway.prices import plain_decimal
 
     if d is None:
         return "-"
@@ -237,20 +237,16 @@ def projects_limits(
     if not clear and rpm is None and tpm is None and budget is None:
         raise fail("nothing to change: give --rpm, --tpm, --budget or --clear")
     remove_budget = budget is not None and budget.strip().lower() in ("none", "off")
-    budget_nusd = None if budget is None or remove_budget else parse_budget(budget)
+    changes: dict[str, int | None] = {}
+    if rpm is not None:
+        changes["rpm"] = limit_or_none(rpm)
+    if tpm is not None:
+        changes["tpm"] = limit_or_none(tpm)
+    if budget is not None:
+        changes["budget_nusd"] = None if remove_budget else parse_budget(budget)
     with open_gateway() as gw:
         proj = get_project(gw, name)
-        # update_limits cannot unset one field, so compute the complete new set and apply it over a clear.
-        new_rpm = None if clear else proj.rpm
-        new_tpm = None if clear else proj.tpm
-        new_budget = None if clear or remove_budget else proj.monthly_budget_nusd
-        if rpm is not None:
-            new_rpm = limit_or_none(rpm)
-        if tpm is not None:
-            new_tpm = limit_or_none(tpm)
-        if budget_nusd is not None:
-            new_budget = budget_nusd
-        row = gw.projects.update_limits(proj.id, rpm=new_rpm, tpm=new_tpm, budget_nusd=new_budget, clear=True)
+        row = gw.projects.update_limits(proj.id, changes, clear=clear)
         audit(gw, "project.limits", project_id=row.id, detail=project_detail(row))
     Console().print(f"Project [bold]{escape(row.name)}[/bold]: rpm {fmt_count(row.rpm)}, tpm {fmt_count(row.tpm)}, "
                     f"monthly budget {fmt_nusd(row.monthly_budget_nusd)}")

@@ -46,12 +46,9 @@ def usage(
     with open_gateway() as gw:
         proj = get_project(gw, project) if project is not None else None
         rows = usage_report(gw.db, project_id=proj.id if proj else None, since=start, until=end, by=group)
-        names = {str(p.id): p.name for p in gw.projects.list()} if group == "project" else {}
     label = group or "scope"
-    for r in rows:
-        r.group = names.get(r.group, r.group)  # by project the report gives ids; people read names
     if as_csv:
-        from qwenhost.gateway.audit import plain_decimal
+        from qwenhost.gateway.prices import plain_decimal
 
         w = csv.writer(sys.stdout, lineterminator="\n")
         w.writerow([label, *NUMBERS, "cost_usd"])

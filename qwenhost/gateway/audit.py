@@ -6,22 +6,21 @@ import datetime as dt
 import logging
 import threading
 import time
-from decimal import Decimal
 
 from sqlalchemy import select
 
 from qwenhost.gateway.db import Database
-from qwenhost.gateway.prices import PriceTier, micro_to_usd, nano_to_usd
+from qwenhost.gateway.prices import PriceTier, micro_to_usd, nano_to_usd, plain_decimal
 from qwenhost.gateway.schema import ApiKey, AuditEvent, Project, utcnow
 
 log = logging.getLogger("qwenhost.audit")
-FAILURE_LOG_INTERVAL_S = 1.0  # at most one auth-failure row per remote address per second (a flood stays cheap)
+FAILURE_LOG_INTERVAL_S = 1.0  # at most one auth-failure row per address and kind a second (a flood stays cheap)
 
 
 class AuditLog:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._last_failure: dict[str, float] = {}
+        self._last_failure: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
     def record(self, actor: str, action: str, *, project_id: int | None = None, detail: str = "",
@@ -32,14 +31,17 @@ class AuditLog:
             s.commit()
 
     def auth_failure(self, code: str, key_prefix: str, remote: str) -> bool:
-        """Record a failed authentication unless this address already failed within the last second."""
+        """Record a failed authentication unless this address failed the same way (``code``: missing, unknown,
+        revoked, expired key, not an admin key) within the last second. Per kind, so that a flood of unknown keys
+        does not hide a revoked or expired key tried from the same address."""
         now = time.monotonic()
+        seen = (remote, code)
         with self._lock:
-            if now - self._last_failure.get(remote, -1e9) < FAILURE_LOG_INTERVAL_S:
+            if now - self._last_failure.get(seen, -1e9) < FAILURE_LOG_INTERVAL_S:
                 return False
             if len(self._last_failure) > 10000:
                 self._last_failure.clear()
-            self._last_failure[remote] = now
+            self._last_failure[seen] = now
         try:
             self.record("anonymous", "auth.failed", detail=f"{code} key={key_prefix or '-'}", remote=remote)
         except Exception:
@@ -60,11 +62,6 @@ class AuditLog:
 # What an admin action's row says, one format whichever way it came (CLI or HTTP), so that reading the log
 # or grepping it never depends on the tool an admin used: `field=value` pairs, amounts as exact decimals,
 # "-" for "none".
-
-
-def plain_decimal(d: Decimal) -> str:
-    """An exact amount without exponent or trailing zeros: 0.0018, 25, 0 (for CSV and audit details)."""
-    return "0" if d == 0 else format(d.normalize(), "f")
 
 
 def limits_detail(rpm: int | None, tpm: int | None, budget_nusd: int | None) -> str:

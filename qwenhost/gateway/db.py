@@ -132,10 +132,11 @@ class Database:
         with self._lock:
             if self._migrated:
                 return
+            # Its INFO lines are noise at every start; some ("setup plugin ...") come while alembic.command imports.
+            logging.getLogger("alembic").setLevel(logging.WARNING)
             from alembic import command
             from alembic.config import Config
 
-            logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines are noise at every start
             cfg = Config()
             cfg.set_main_option("script_location", str(MIGRATIONS))
             try:

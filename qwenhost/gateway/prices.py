@@ -33,6 +33,17 @@ def micro_to_usd(m: int) -> Decimal:
     return (Decimal(m) / MICRO).normalize()
 
 
+def plain_decimal(d: Decimal) -> str:
+    """An exact amount without exponent or trailing zeros: 0.0018, 25, 0.00000001 (for JSON, CSV and the audit
+    log; str() of a Decimal writes 1E+2 and 1E-8)."""
+    return "0" if d == 0 else format(d.normalize(), "f")
+
+
+def removes_limit(value: object) -> bool:
+    """A budget given as 'none' or 'off' (or JSON null) removes the limit."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("none", "off"))
+
+
 def nano_to_usd(n: int) -> Decimal:
     return Decimal(n) / Decimal(1_000_000_000)
 

@@ -10,6 +10,7 @@ from qwenhost.gateway.db import Database
 from qwenhost.gateway.schema import Project, utcnow
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+LIMIT_COLUMNS = {"rpm": "rpm", "tpm": "tpm", "budget_nusd": "monthly_budget_nusd"}
 
 
 class ProjectStore:
@@ -53,19 +54,20 @@ class ProjectStore:
         with self.db.session() as s:
             return list(s.scalars(select(Project).order_by(Project.id)))
 
-    def update_limits(self, ref: str | int, *, rpm: int | None = None, tpm: int | None = None,
-                      budget_nusd: int | None = None, clear: bool = False) -> Project:
+    def update_limits(self, ref: str | int, changes: dict[str, int | None], *, clear: bool = False) -> Project:
+        """Set the limits named in ``changes`` (``rpm``, ``tpm``, ``budget_nusd``; None removes that limit) and
+        keep the others, or with ``clear`` remove every limit first."""
+        unknown = set(changes) - set(LIMIT_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown limits {sorted(unknown)}; use {', '.join(LIMIT_COLUMNS)}")
         proj = self.get(ref)
         with self.db.session() as s:
             row = s.get(Project, proj.id)
             assert row is not None
-            if clear:
-                row.rpm = row.tpm = row.monthly_budget_nusd = None
-            if rpm is not None:
-                row.rpm = rpm
-            if tpm is not None:
-                row.tpm = tpm
-            if budget_nusd is not None:
-                row.monthly_budget_nusd = budget_nusd
+            for name, column in LIMIT_COLUMNS.items():
+                if name in changes:
+                    setattr(row, column, changes[name])
+                elif clear:
+                    setattr(row, column, None)
             s.commit()
             return row

@@ -92,7 +92,11 @@ class Gateway:
             return (f"authentication is OFF: bound to {host} and no API key exists yet. Anyone on this machine "
                     "can call the API. Create a key (`qwenhost keys create --project NAME`) to turn it on.")
         self.auth_required = True
-        return f"authentication is on: every request needs an API key (limits kept in {self.counters.name})"
+        said = f"authentication is on: every request needs an API key (limits kept in {self.counters.name})"
+        if not self.keys.any_exist():
+            said += (f". No API key exists yet, so every request to {host} is refused until you create one: "
+                     "`qwenhost keys create --project NAME` (add --admin for the admin API)")
+        return said
 
     def _auth_still_off(self) -> bool:
         if self.auth_required:

@@ -7,11 +7,11 @@ import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import String, func, select
 
 from qwenhost.gateway.db import Database
-from qwenhost.gateway.prices import nano_to_usd, usd_per_million
-from qwenhost.gateway.schema import ApiKey, LocalCost, UsageRecord
+from qwenhost.gateway.prices import nano_to_usd, plain_decimal, usd_per_million
+from qwenhost.gateway.schema import ApiKey, LocalCost, Project, UsageRecord
 
 GROUPINGS = ("model", "key", "day", "project")
 
@@ -28,7 +28,7 @@ class UsageRow:
     def as_dict(self) -> dict:
         return {"group": self.group, "requests": self.requests, "prompt_tokens": self.prompt_tokens,
                 "cached_tokens": self.cached_tokens, "completion_tokens": self.completion_tokens,
-                "cost_usd": str(self.cost_usd)}
+                "cost_usd": plain_decimal(self.cost_usd)}
 
 
 def usage_report(db: Database, *, project_id: int | None = None, since: dt.datetime | None = None,
@@ -39,11 +39,14 @@ def usage_report(db: Database, *, project_id: int | None = None, since: dt.datet
     totals = [func.count(u.id), func.coalesce(func.sum(u.prompt_tokens), 0),
               func.coalesce(func.sum(u.cached_tokens), 0), func.coalesce(func.sum(u.completion_tokens), 0),
               func.coalesce(func.sum(u.cost_nusd), 0)]
+    by_project = func.coalesce(Project.name, func.cast(u.project_id, String))
     group_col = {"model": u.model, "key": func.coalesce(ApiKey.prefix, "(no key)"),
-                 "day": func.date(u.created_at), "project": u.project_id, None: None}[by]
+                 "day": func.date(u.created_at), "project": by_project, None: None}[by]
     q = select(group_col, *totals) if group_col is not None else select(*totals)
     if by == "key":
         q = q.select_from(u).outerjoin(ApiKey, ApiKey.id == u.key_id)
+    elif by == "project":  # by name, as people read it (a deleted project's rows keep its id)
+        q = q.select_from(u).outerjoin(Project, Project.id == u.project_id)
     if project_id is not None:
         q = q.where(u.project_id == project_id)
     if since is not None:

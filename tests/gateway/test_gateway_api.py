@@ -93,6 +93,14 @@ def test_rate_limit_and_budget(site) -> None:  # type: ignore[no-untyped-def]
         c.chat.completions.create(model="echo", messages=USER)
     assert ei.value.status_code == 429 and ei.value.body["code"] == "insufficient_quota"
     assert "$0.012" in ei.value.body["message"]
+    # A spent budget says not to retry, and the openai SDK, retrying 429s by default, does not.
+    assert ei.value.response.headers["x-should-retry"] == "false"
+    sent: list[httpx.Request] = []
+    retrying = openai.OpenAI(base_url=srv.base + "/v1", api_key=broke.key, max_retries=2,
+                             http_client=httpx.Client(event_hooks={"request": [sent.append]}))
+    with pytest.raises(openai.RateLimitError):
+        retrying.chat.completions.create(model="echo", messages=USER)
+    assert len(sent) == 1
 
 
 # Every route, what a key of project B may do there, and how to call it. A new route that is not listed
@@ -195,6 +203,65 @@ def test_admin_routes(site) -> None:  # type: ignore[no-untyped-def]
     assert details["key.revoke"] == f"prefix={new_key[:11]} name='svc'"
 
 
+def test_admin_limits_patch_and_amounts(site) -> None:  # type: ignore[no-untyped-def]
+    """PATCH is a merge patch (null, 0 or "none" removes one limit, the others stay), and amounts are plain
+    decimals however round or small: str() of a Decimal writes 1E+2."""
+    srv, gw, keys = site
+    h = {"Authorization": "Bearer " + keys["admin"]}
+    url = srv.base + "/admin/projects/delta"
+    r = httpx.post(srv.base + "/admin/projects", json={"name": "delta", "rpm": 10, "tpm": 100, "budget_usd": 100},
+                   headers=h, timeout=10)
+    assert r.status_code == 201 and r.json()["monthly_budget_usd"] == "100"
+
+    def patch(body: dict) -> dict:
+        r = httpx.patch(url, json=body, headers=h, timeout=10)
+        assert r.status_code == 200, r.text
+        j = r.json()
+        return {"rpm": j["rpm"], "tpm": j["tpm"], "budget": j["monthly_budget_usd"]}
+
+    assert patch({"rpm": None}) == {"rpm": None, "tpm": 100, "budget": "100"}
+    assert patch({"tpm": 0, "budget_usd": "2000"}) == {"rpm": None, "tpm": None, "budget": "2000"}
+    assert patch({"budget_usd": "none", "rpm": 5}) == {"rpm": 5, "tpm": None, "budget": None}
+    assert patch({"budget_usd": 30}) == {"rpm": 5, "tpm": None, "budget": "30"}
+    assert patch({"clear": True, "tpm": 7}) == {"rpm": None, "tpm": 7, "budget": None}
+    empty = httpx.patch(url, json={}, headers=h, timeout=10)
+    assert empty.status_code == 400 and "nothing to change" in empty.json()["error"]["message"]
+    neg = httpx.patch(url, json={"rpm": -1}, headers=h, timeout=10)
+    assert neg.status_code == 400 and "rpm" in neg.json()["error"]["message"]
+    assert gw.projects.get("delta").rpm is None and gw.projects.get("delta").tpm == 7
+
+    assert httpx.put(srv.base + "/admin/prices/tenner", json={"input": 10, "output": 20}, headers=h,
+                     timeout=10).status_code == 200
+    prices = httpx.get(srv.base + "/admin/prices", headers=h, timeout=10).json()["data"]
+    assert {"model": "tenner", "up_to_tokens": None, "input_per_m_usd": "10", "cached_input_per_m_usd": "10",
+            "output_per_m_usd": "20"} in prices
+    assert {"model": "echo", "up_to_tokens": None, "input_per_m_usd": "1000", "cached_input_per_m_usd": "1000",
+            "output_per_m_usd": "1000"} in prices
+
+    sdk(srv, keys["b"]).chat.completions.create(model="echo", messages=USER)
+    groups = httpx.get(srv.base + "/admin/usage", params={"by": "project"}, headers=h, timeout=10).json()["data"]
+    assert "beta" in {g["group"] for g in groups}  # names, as the CLI shows them, not ids
+
+
+def test_auth_failures_are_audited_per_kind(site) -> None:  # type: ignore[no-untyped-def]
+    """Several kinds of failure from one address within a second each leave a row: an unknown key does not
+    hide a revoked one, and a non-admin key on an admin route is an auth failure too."""
+    srv, gw, keys = site
+    revoked = gw.keys.create(gw.projects.get("beta").id)
+    gw.keys.revoke(revoked.row.prefix)
+    since = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(seconds=1)
+    time.sleep(1.1)  # past the throttle of earlier tests' failures from this address
+    for key in ("qh-00000000.nope", revoked.key):
+        with pytest.raises(openai.AuthenticationError):
+            sdk(srv, key).models.list()
+    r = httpx.get(srv.base + "/admin/projects", headers={"Authorization": "Bearer " + keys["b"]}, timeout=10)
+    assert r.status_code == 403
+    rows = [e.detail for e in gw.audit.list(since=since) if e.action == "auth.failed"]
+    assert f"revoked_api_key key={revoked.row.prefix}" in rows
+    assert f"admin_key_required key={keys['b'][:11]}" in rows
+    assert any(d.startswith("invalid_api_key") for d in rows)
+
+
 def test_local_costs_over_http(site) -> None:  # type: ignore[no-untyped-def]
     srv, gw, keys = site
     h = {"Authorization": "Bearer " + keys["admin"]}
@@ -239,6 +306,10 @@ def test_any_other_bind_requires_keys(tmp_path: Path) -> None:
     try:
         r = httpx.post(srv.base + "/v1/chat/completions", json={"model": "echo", "messages": USER}, timeout=10)
         assert r.status_code == 401
+        srv.log.seek(0)
+        started = " ".join(srv.log.read().split())  # the console wraps long lines
+        assert "No API key exists yet" in started and "qwenhost keys create --project NAME" in started
+        assert "setup plugin" not in started  # alembic's import-time INFO lines
     finally:
         srv.stop()
 

@@ -14,8 +14,17 @@ from qwenhost.gateway.counters import MemoryCounters, database_counters
 from qwenhost.gateway.keys import AuthError
 from qwenhost.gateway.ledger import UsageEntry, month_of
 from qwenhost.gateway.limits import LimitExceeded, RateLimiter, seconds_until_room, window_estimate
-from qwenhost.gateway.prices import PriceTier, cost_nusd, usd_per_million, usd_to_micro
+from qwenhost.gateway.prices import (
+    PriceTier,
+    cost_nusd,
+    micro_to_usd,
+    nano_to_usd,
+    plain_decimal,
+    usd_per_million,
+    usd_to_micro,
+)
 from qwenhost.gateway.schema import ApiKey
+from qwenhost.gateway.usage import UsageRow
 
 
 def entry(gw, principal, rid: str, prompt: int = 1000, completion: int = 100, cached: int = 0,  # type: ignore[no-untyped-def]
@@ -271,3 +280,12 @@ def test_a_finished_requests_tokens_count_before_the_next_admission(gateway) -> 
         assert "20 tokens per minute" in ei.value.message
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(("amount", "text_"), [
+    (nano_to_usd(10), "0.00000001"), (nano_to_usd(100_000_000_000), "100"), (micro_to_usd(10_000_000), "10"),
+    (micro_to_usd(1_200_000), "1.2"), (nano_to_usd(0), "0"), (nano_to_usd(2_500_000), "0.0025"),
+])
+def test_amounts_are_written_without_exponents(amount, text_) -> None:  # type: ignore[no-untyped-def]
+    assert plain_decimal(amount) == text_
+    assert UsageRow("m", 1, 1, 0, 1, amount).as_dict()["cost_usd"] == text_
