@@ -25,7 +25,7 @@ def usd_to_micro(value: str | float | Decimal, what: str = "price") -> int:
     except InvalidOperation as exc:
         raise ValueError(f"{what} must be a number of US dollars, like 1.2 (got {value!r})") from exc
     if not d.is_finite() or d < 0:
-        raise ValueError(f"{what} must be a non-negative amount (got {value!r})")
+        raise ValueError(f"{what} must be a finite, non-negative amount of US dollars (got {value!r})")
     return int((d * MICRO).to_integral_value(ROUND_HALF_UP))
 
 
