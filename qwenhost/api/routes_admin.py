@@ -39,8 +39,8 @@ class _Body(BaseModel):
 
 class ProjectIn(_Body):
     name: str = Field(min_length=1, max_length=100)
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=0)  # 0 or null: no limit, as in the CLI
+    tpm: int | None = Field(default=None, ge=0)
     budget_usd: float | str | None = None
 
 
@@ -56,8 +56,8 @@ class LimitsIn(_Body):
 class KeyIn(_Body):
     project: str | int
     name: str = Field(default="", max_length=100)
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
     budget_usd: float | str | None = None
     expires_at: str | None = None  # ISO date or datetime, UTC
     admin: bool = False
@@ -80,7 +80,8 @@ def _bad(message: str, param: str | None = None) -> RequestError:
 
 
 def _nusd(usd: float | str | None, param: str) -> int | None:
-    if usd is None:
+    """A budget in nano-USD; None for no budget (null, "none", "off"). A budget of 0 is a hard stop."""
+    if removes_limit(usd):
         return None
     try:
         return usd_to_micro(usd, param) * 1000
@@ -111,7 +112,7 @@ def _limit_changes(body: LimitsIn) -> dict[str, int | None]:
     if "tpm" in given:
         changes["tpm"] = body.tpm or None
     if "budget_usd" in given:
-        changes["budget_nusd"] = None if removes_limit(body.budget_usd) else _nusd(body.budget_usd, "budget_usd")
+        changes["budget_nusd"] = _nusd(body.budget_usd, "budget_usd")
     if not changes and not body.clear:
         raise _bad("nothing to change: give rpm, tpm or budget_usd (null removes one), or clear: true")
     return changes
@@ -181,7 +182,8 @@ def list_projects(request: Request) -> dict[str, Any]:
 def create_project(body: ProjectIn, request: Request, who: Principal = Depends(admin_principal)) -> dict[str, Any]:
     gw = gateway_of(request)
     try:
-        p = gw.projects.create(body.name, rpm=body.rpm, tpm=body.tpm, budget_nusd=_nusd(body.budget_usd, "budget_usd"))
+        p = gw.projects.create(body.name, rpm=body.rpm or None, tpm=body.tpm or None,
+                               budget_nusd=_nusd(body.budget_usd, "budget_usd"))
     except ValueError as exc:
         raise _bad(str(exc), "name") from exc
     gw.audit.record(who.actor, "project.create", project_id=p.id, detail=project_detail(p), remote=_remote(request))
@@ -222,7 +224,7 @@ def create_key(body: KeyIn, request: Request, who: Principal = Depends(admin_pri
     expires = _date(body.expires_at, "expires_at")
     if expires is not None and expires <= dt.datetime.now(dt.UTC).replace(tzinfo=None):
         raise _bad("expires_at is in the past; give a future date", "expires_at")
-    created = gw.keys.create(proj.id, name=body.name, is_admin=body.admin, rpm=body.rpm, tpm=body.tpm,
+    created = gw.keys.create(proj.id, name=body.name, is_admin=body.admin, rpm=body.rpm or None, tpm=body.tpm or None,
                              budget_nusd=_nusd(body.budget_usd, "budget_usd"), expires_at=expires)
     gw.audit.record(who.actor, "key.create", project_id=proj.id, detail=key_detail(created.row),
                     remote=_remote(request))

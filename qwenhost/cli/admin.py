@@ -236,14 +236,15 @@ def projects_limits(
 
     if not clear and rpm is None and tpm is None and budget is None:
         raise fail("nothing to change: give --rpm, --tpm, --budget or --clear")
-    remove_budget = budget is not None and budget.strip().lower() in ("none", "off")
+    from qwenhost.gateway.prices import removes_limit
+
     changes: dict[str, int | None] = {}
     if rpm is not None:
         changes["rpm"] = limit_or_none(rpm)
     if tpm is not None:
         changes["tpm"] = limit_or_none(tpm)
     if budget is not None:
-        changes["budget_nusd"] = None if remove_budget else parse_budget(budget)
+        changes["budget_nusd"] = None if removes_limit(budget) else parse_budget(budget)
     with open_gateway() as gw:
         proj = get_project(gw, name)
         row = gw.projects.update_limits(proj.id, changes, clear=clear)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy import delete, select
 
@@ -18,14 +18,20 @@ MICRO = Decimal(1_000_000)
 CACHE_TTL_S = 10.0
 
 
+# A billion dollars: budgets are stored in nano-USD in a 64-bit column (at most 9.2e18), prices in micro-USD.
+MAX_USD = Decimal(1_000_000_000)
+
+
 def usd_to_micro(value: str | float | Decimal, what: str = "price") -> int:
     """'1.2' (USD) -> 1_200_000 micro-USD; rejects what is not a non-negative amount."""
     try:
         d = Decimal(str(value))
-    except InvalidOperation as exc:
+    except ArithmeticError as exc:  # not a number, or an exponent beyond Decimal's range
         raise ValueError(f"{what} must be a number of US dollars, like 1.2 (got {value!r})") from exc
     if not d.is_finite() or d < 0:
         raise ValueError(f"{what} must be a finite, non-negative amount of US dollars (got {value!r})")
+    if d > MAX_USD:
+        raise ValueError(f"{what} must be at most {MAX_USD:,} US dollars (got {value!r})")
     return int((d * MICRO).to_integral_value(ROUND_HALF_UP))
 
 

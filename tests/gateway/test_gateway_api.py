@@ -224,8 +224,16 @@ def test_admin_limits_patch_and_amounts(site) -> None:  # type: ignore[no-untype
     assert patch({"budget_usd": "none", "rpm": 5}) == {"rpm": 5, "tpm": None, "budget": None}
     assert patch({"budget_usd": 30}) == {"rpm": 5, "tpm": None, "budget": "30"}
     assert patch({"clear": True, "tpm": 7}) == {"rpm": None, "tpm": 7, "budget": None}
-    empty = httpx.patch(url, json={}, headers=h, timeout=10)
-    assert empty.status_code == 400 and "nothing to change" in empty.json()["error"]["message"]
+    assert patch({"budget_usd": 0}) == {"rpm": None, "tpm": 7, "budget": "0"}  # a budget of 0 is a hard stop
+    assert patch({"budget_usd": "off"}) == {"rpm": None, "tpm": 7, "budget": None}
+    for nothing in ({}, {"clear": False}):
+        empty = httpx.patch(url, json=nothing, headers=h, timeout=10)
+        assert empty.status_code == 400 and "nothing to change" in empty.json()["error"]["message"]
+    huge = httpx.patch(url, json={"budget_usd": "1e30"}, headers=h, timeout=10)  # the column would overflow
+    assert huge.status_code == 400 and "at most 1,000,000,000" in huge.json()["error"]["message"]
+    k = httpx.post(srv.base + "/admin/keys", json={"project": "delta", "rpm": 0, "budget_usd": "none"}, headers=h,
+                   timeout=10)
+    assert k.status_code == 201 and k.json()["rpm"] is None and k.json()["monthly_budget_usd"] is None
     neg = httpx.patch(url, json={"rpm": -1}, headers=h, timeout=10)
     assert neg.status_code == 400 and "rpm" in neg.json()["error"]["message"]
     assert gw.projects.get("delta").rpm is None and gw.projects.get("delta").tpm == 7
@@ -266,6 +274,11 @@ def test_local_costs_over_http(site) -> None:  # type: ignore[no-untyped-def]
     srv, gw, keys = site
     h = {"Authorization": "Bearer " + keys["admin"]}
     url = srv.base + "/admin/local-costs/"
+    r = httpx.put(url + "round", json={"per_hour_usd": 10}, headers=h, timeout=10)
+    assert r.status_code == 200
+    listed = {c["model"]: c for c in httpx.get(srv.base + "/admin/local-costs", headers=h, timeout=10).json()["data"]}
+    assert listed["round"]["per_hour_usd"] == "10"
+    httpx.delete(url + "round", headers=h, timeout=10)
     r = httpx.put(url + "qwen3-8b", json={"per_hour_usd": "1.8", "compare_to": "qwen-plus"}, headers=h, timeout=10)
     assert r.status_code == 200
     listed = {c["model"]: c for c in httpx.get(srv.base + "/admin/local-costs", headers=h, timeout=10).json()["data"]}
@@ -279,7 +292,8 @@ def test_local_costs_over_http(site) -> None:  # type: ignore[no-untyped-def]
     gone = httpx.delete(url + "qwen3-8b", headers=h, timeout=10)
     assert gone.status_code == 404 and "no hardware cost" in gone.json()["error"]["message"]
     actor = "key:" + keys["admin"][:11]
-    rows = [(e.action, e.detail) for e in reversed(gw.audit.list()) if e.actor == actor and "local" in e.action]
+    rows = [(e.action, e.detail) for e in reversed(gw.audit.list()) if e.actor == actor and "local" in e.action
+            and "qwen3-8b" in e.detail]
     assert rows == [("price.local", "model=qwen3-8b usd_per_hour=1.8 compare_to=qwen-plus"),
                     ("price.local_remove", "model=qwen3-8b")]
 
