@@ -302,6 +302,7 @@ def test_audit_command(cli: Run, db_url: str) -> None:
     (("prices", "local", "m", "--per-hour", "-2"), "--per-hour must be a finite, non-negative amount"),
     (("projects", "create", "acme", "--budget", "-5"), "--budget must be a finite, non-negative amount"),
     (("projects", "create", "acme", "--budget", "nan"), "--budget must be a finite, non-negative amount"),
+    (("projects", "create", "acme", "--budget", "1e30"), "--budget must be at most 1,000,000,000 US dollars"),
     (("projects", "create", "bad name!"), "is not valid"),
     (("projects", "create", "x", "--rpm", "-1"), "--rpm"),
     (("projects", "limits", "nope", "--rpm", "1"), "no project 'nope'"),
