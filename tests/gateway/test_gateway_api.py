@@ -331,7 +331,8 @@ def test_any_other_bind_requires_keys(tmp_path: Path) -> None:
 @pytest.mark.parametrize("redis", [False, True], ids=["postgresql-counters", "redis-counters"])
 def test_limits_hold_across_processes(redis: bool) -> None:
     """Two servers on one PostgreSQL (counters in it, or in Redis): a key's 6 requests a minute are 6 in all, a
-    busy key's 60 at most 60, and a tokens-per-minute limit counts both servers' tokens."""
+    busy key's 60 at most 60, a tokens-per-minute limit counts both servers' tokens, and a budget spent through
+    both stops both."""
     urls = _pg_schema_url()
     url = next(urls)
     env = {"QWENHOST_DATABASE_URL": url}
@@ -342,6 +343,8 @@ def test_limits_hold_across_processes(redis: bool) -> None:
     key = gw.keys.create(project, rpm=6).key
     busy = gw.keys.create(project, rpm=60).key
     by_tokens = gw.keys.create(project, tpm=20)
+    gw.prices.set("echo", input_usd="1000", output_usd="1000")  # 6 tokens: $0.006 a request
+    thrifty = gw.keys.create(project, budget_nusd=15_000_000)  # $0.015: the third request takes it past
     servers = [ServerProcess([], None, model="echo", env=env) for _ in range(2)]
     try:
         # Tokens per minute: 6 tokens a request, counted when each request ends (with the ledger row, when the
@@ -380,9 +383,21 @@ def test_limits_hold_across_processes(redis: bool) -> None:
             except openai.RateLimitError as exc:
                 assert "60 requests per minute" in exc.body["message"]
         assert 60 - 2 * 3 <= ok <= 60
+
+        # A budget spent through one server stops the other: each re-reads the shared spend at most a second
+        # after it changed (docs/gateway.md), so requests a little over a second apart see all of it.
+        answers = []
+        for i in range(5):
+            time.sleep(1.1)
+            try:
+                sdk(servers[i % 2], thrifty.key).chat.completions.create(model="echo", messages=USER)
+                answers.append("ok")
+            except openai.RateLimitError as exc:
+                answers.append(exc.body["code"])
+        assert answers == ["ok"] * 3 + ["insufficient_quota"] * 2
         with gw.db.session() as s:
             from sqlalchemy import text
-            assert s.scalar(text("SELECT count(*) FROM usage")) == 6 + 4 + ok
+            assert s.scalar(text("SELECT count(*) FROM usage")) == 6 + 4 + ok + 3
     finally:
         for srv in servers:
             srv.stop()
