@@ -119,7 +119,10 @@ def limit_or_none(n: int | None) -> int | None:
 
 
 def fmt_time(t: dt.datetime | None) -> str:
-    return t.strftime("%Y-%m-%d %H:%M") if t is not None else "-"
+    """Minutes, or seconds where a time has them (a key expiring at 09:04:55 is not shown as 09:04)."""
+    if t is None:
+        return "-"
+    return t.strftime("%Y-%m-%d %H:%M" if t.second == 0 and t.microsecond == 0 else "%Y-%m-%d %H:%M:%S")
 
 
 def fmt_day(t: dt.datetime | None) -> str:

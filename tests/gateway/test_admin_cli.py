@@ -122,6 +122,8 @@ def test_key_options_and_project_by_id(cli: Run, db_url: str) -> None:
     assert p.expires_at == dt.datetime(2099, 6, 1, 10, 0)  # converted to UTC
     row = table_rows(cli("keys", "list", "--project", "acme").stdout)[0]
     assert row[3:] == ["yes", row[4], "2099-06-01 10:00", "-", "60", "-", "$2.50"]
+    create_key(cli, "--project", "acme", "--expires", "2099-06-01T12:30:45")
+    assert "2099-06-01 12:30:45" in cli("keys", "list", "--project", "acme").stdout  # seconds where it has them
 
 
 def test_expiry(cli: Run, db_url: str) -> None:
