@@ -1,4 +1,4 @@
-"""Rate limits (requests and tokens per minute, per key and per project) and monthly budgets (hard stop).
+"""Rate limits (requests and tokens per minute, per key and per project); monthly budgets are in budgets.py.
 
 Rates use a sliding window over per-minute buckets: the previous minute's count, weighted by how much of it
 still lies inside the last 60 s, plus the current minute's. A request counts when it is admitted; its tokens
@@ -12,26 +12,17 @@ trip, and a short-lived view of the token buckets answers while far from the lim
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass
 
 from qwenhost.gateway.counters import CounterStore, MemoryCounters
 from qwenhost.gateway.keys import Principal
 from qwenhost.gateway.leases import LEASE_TTL_S, TOKENS_LOCAL_BELOW, ScopeView, Taken, Views
-from qwenhost.gateway.ledger import UsageLedger, month_of
-from qwenhost.gateway.prices import nano_to_usd
 
 log = logging.getLogger("qwenhost.limits")
 WINDOW_S = 60
-SHARED_SPEND_TTL_S = 1.0
-
-
-def _usd(nusd: int) -> str:
-    return f"{nano_to_usd(nusd):.9f}".rstrip("0").rstrip(".") if nusd % 10_000_000 else f"{nano_to_usd(nusd):.2f}"
 
 
 class LimitExceeded(Exception):
@@ -323,64 +314,3 @@ class RateLimiter:
     @staticmethod
     def _name(p: Principal, sc: _Scope) -> str:
         return f"{p.key_prefix}…" if sc.kind == "key" else repr(p.project_name)
-
-
-class BudgetGuard:
-    """Month-to-date spend against monthly budgets. With one process the spend lives in memory, loaded once
-    from the database and kept current by the ledger; with several processes it is read from the database."""
-
-    def __init__(self, ledger: UsageLedger, shared: bool) -> None:
-        self.ledger = ledger
-        self.shared = shared
-        self._spend: dict[tuple[str, int, str], int] = {}
-        self._read_at: dict[tuple[str, int, str], float] = {}
-        self._lock = threading.Lock()
-        ledger.on_spend(self._on_spend)
-
-    def _on_spend(self, deltas: dict[tuple[str, int, str], int]) -> None:
-        with self._lock:
-            for k, amount in deltas.items():
-                if k in self._spend:
-                    self._spend[k] += amount
-
-    def _spent(self, scope: str, ident: int, month: str) -> int:
-        k = (scope, ident, month)
-        if self.shared:
-            # Other processes spend too: re-read at most every SHARED_SPEND_TTL_S (a database round trip on
-            # every request cost more than the rest of admission); this process's own spend is added as it
-            # happens, so a budget is overshot by at most what the other processes spent in that second.
-            now = time.monotonic()
-            with self._lock:
-                if k in self._spend and now - self._read_at.get(k, -1e9) < SHARED_SPEND_TTL_S:
-                    return self._spend[k]
-            value = self.ledger.spend(scope, ident, month)
-            with self._lock:
-                self._spend[k], self._read_at[k] = value, now
-            return value
-        with self._lock:
-            if k in self._spend:
-                return self._spend[k]
-        value = self.ledger.spend(scope, ident, month)
-        with self._lock:
-            return self._spend.setdefault(k, value)
-
-    def _fresh(self, k: tuple[str, int, str]) -> bool:
-        return k in self._spend and time.monotonic() - self._read_at.get(k, -1e9) < SHARED_SPEND_TTL_S
-
-    async def check(self, p: Principal, now: dt.datetime | None = None) -> None:
-        checks = []
-        if p.key_id is not None and p.budget_nusd is not None:
-            checks.append(("key", p.key_id, p.budget_nusd, f"API key {p.key_prefix}…"))
-        if p.project_budget_nusd is not None:
-            checks.append(("project", p.project_id, p.project_budget_nusd, f"project {p.project_name!r}"))
-        if not checks:
-            return
-        month = month_of(now or dt.datetime.now(dt.UTC))
-        for scope, ident, budget, what in checks:
-            spent = (await asyncio.to_thread(self._spent, scope, ident, month) if self.shared
-                     and not self._fresh((scope, ident, month)) else self._spent(scope, ident, month))
-            if spent >= budget:
-                raise LimitExceeded(
-                    f"You exceeded your current quota: the {what} has spent ${_usd(spent)} of its "
-                    f"${_usd(budget)} budget for {month}. Raise the budget or wait for next month.",
-                    "insufficient_quota")

@@ -11,11 +11,12 @@ import time
 from dataclasses import dataclass, field
 
 from qwenhost.gateway.audit import AuditLog
+from qwenhost.gateway.budgets import BudgetGuard
 from qwenhost.gateway.counters import CounterStore, MemoryCounters, PostgresCounters, RedisCounters, database_counters
 from qwenhost.gateway.db import Database
 from qwenhost.gateway.keys import AuthError, KeyStore, Principal
 from qwenhost.gateway.ledger import UsageEntry, UsageLedger
-from qwenhost.gateway.limits import BudgetGuard, RateLimiter
+from qwenhost.gateway.limits import RateLimiter
 from qwenhost.gateway.prices import PriceBook
 from qwenhost.gateway.projects import ProjectStore
 

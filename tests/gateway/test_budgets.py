@@ -1,0 +1,114 @@
+"""BudgetGuard's reads of the shared spend: once a second while far from the budget, at every admission near it,
+and never again in a single process (which keeps its spend current itself)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+
+from qwenhost.gateway import budgets
+from qwenhost.gateway.budgets import BudgetGuard
+from qwenhost.gateway.keys import Principal
+from qwenhost.gateway.limits import LimitExceeded
+
+NOW = dt.datetime(2026, 11, 24, 12, 0)
+MONTH = "2026-11"
+
+
+class FakeLedger:
+    """The database's month-to-date spend of key 7, as other processes leave it."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.listeners: list = []
+
+    def on_spend(self, listener) -> None:  # type: ignore[no-untyped-def]
+        self.listeners.append(listener)
+
+    def spend(self, scope: str, ident: int, month: str) -> int:
+        assert (scope, ident, month) == ("key", 7, MONTH)
+        return self.value
+
+    def commit(self, amount: int) -> None:
+        """This process's ledger committed ``amount`` (and the database has it)."""
+        self.value += amount
+        for listener in self.listeners:
+            listener({("key", 7, MONTH): amount})
+
+
+def who(budget: int) -> Principal:
+    return Principal(project_id=1, project_name="p", key_id=7, key_prefix="qh-00000007", budget_nusd=budget)
+
+
+def check(guard: BudgetGuard, budget: int) -> bool:
+    try:
+        asyncio.run(guard.check(who(budget), NOW))
+        return True
+    except LimitExceeded as exc:
+        assert exc.code == "insufficient_quota"
+        return False
+
+
+@pytest.fixture()
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    t = [1000.0]
+    monkeypatch.setattr(budgets.time, "monotonic", lambda: t[0])
+    return t
+
+
+def test_far_from_the_budget_the_spend_is_read_once_a_second(clock: list[float]) -> None:
+    ledger = FakeLedger()
+    guard = BudgetGuard(ledger, shared=True)  # type: ignore[arg-type]
+    assert check(guard, 1_000_000) and guard.reads == 1
+    ledger.value = 500_000  # another process spent half
+    assert check(guard, 1_000_000) and guard.reads == 1  # not seen within the second
+    clock[0] += 1.0
+    assert check(guard, 1_000_000) and guard.reads == 2
+
+
+def test_near_the_budget_every_admission_reads(clock: list[float]) -> None:
+    ledger = FakeLedger()
+    guard = BudgetGuard(ledger, shared=True)  # type: ignore[arg-type]
+    ledger.value = 950_000  # a tenth of the budget or less is left
+    assert check(guard, 1_000_000) and guard.reads == 1
+    assert check(guard, 1_000_000) and guard.reads == 2
+    ledger.value = 1_000_000  # another process spent the rest: the next admission sees it at once
+    assert not check(guard, 1_000_000) and guard.reads == 3
+
+
+def test_large_requests_make_the_margin_wider(clock: list[float]) -> None:
+    ledger = FakeLedger()
+    guard = BudgetGuard(ledger, shared=True)  # type: ignore[arg-type]
+    assert check(guard, 1_000_000)
+    ledger.commit(200_000)  # one request cost a fifth of the budget
+    ledger.value += 200_000  # and another process spent as much meanwhile
+    assert check(guard, 1_000_000) and guard.reads == 2  # 800,000 left <= 4 x 200,000: read, see 400,000
+    ledger.value += 600_000
+    assert not check(guard, 1_000_000) and guard.reads == 3
+
+
+def test_the_rate_between_reads_makes_the_margin_wider(clock: list[float]) -> None:
+    ledger = FakeLedger()
+    guard = BudgetGuard(ledger, shared=True)  # type: ignore[arg-type]
+    budget = 10_000_000
+    assert check(guard, budget)
+    clock[0] += 1.0
+    ledger.value = 4_000_000  # others spend 4,000,000 a second: two seconds' worth is more than what is left
+    assert check(guard, budget) and guard.reads == 2
+    assert check(guard, budget) and guard.reads == 3  # 6,000,000 left <= 2 x 4,000,000: near
+    clock[0] += 0.5
+    ledger.value = 10_000_000
+    assert not check(guard, budget)
+
+
+def test_one_process_reads_once_and_counts_its_own_spend(clock: list[float]) -> None:
+    ledger = FakeLedger()
+    guard = BudgetGuard(ledger, shared=False)  # type: ignore[arg-type]
+    assert check(guard, 1_000_000)
+    ledger.commit(990_000)
+    clock[0] += 10
+    assert check(guard, 1_000_000) and guard.reads == 1
+    ledger.commit(10_000)
+    assert not check(guard, 1_000_000) and guard.reads == 1
