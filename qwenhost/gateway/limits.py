@@ -3,9 +3,9 @@
 Rates use a sliding window over per-minute buckets: the previous minute's count, weighted by how much of it
 still lies inside the last 60 s, plus the current minute's. A request counts when it is admitted; its tokens
 count when it ends (they are not known before), so a tokens-per-minute limit stops the requests that come
-after the minute's tokens are spent. With counters
-shared by several processes, a busy key or project counts a few requests ahead and admits them without a round
-trip, and a short-lived view of the token buckets answers while far from the limit (qwenhost/gateway/leases.py).
+after the minute's tokens are spent. With counters shared by several processes, a busy key or project counts a
+few requests ahead and admits them without a round trip, and a short-lived view of the token buckets answers
+while far from the limit (qwenhost/gateway/leases.py).
 """
 
 from __future__ import annotations
