@@ -64,11 +64,12 @@ class BudgetGuard:
         with self._lock:
             if k not in self._spend:
                 return None
-            if not self.shared:
-                return self._spend[k]
+            spent = self._spend[k]
+            if not self.shared or spent >= budget:  # spend only grows within a month: a refusal needs no read
+                return spent
             if time.monotonic() - self._read_at[k] >= SHARED_SPEND_TTL_S or self._near(k, budget):
                 return None
-            return self._spend[k]
+            return spent
 
     def _load(self, k: Scope) -> int:
         value = self.ledger.spend(*k)

@@ -76,6 +76,10 @@ def test_near_the_budget_every_admission_reads(clock: list[float]) -> None:
     assert check(guard, 1_000_000) and guard.reads == 2
     ledger.value = 1_000_000  # another process spent the rest: the next admission sees it at once
     assert not check(guard, 1_000_000) and guard.reads == 3
+    for _ in range(5):  # spend only grows within a month: refusals need no more reads (a spent key hammering)
+        assert not check(guard, 1_000_000)
+    assert guard.reads == 3
+    assert check(guard, 2_000_000) and guard.reads == 3  # a raised budget: half left, far, the cached spend does
 
 
 def test_large_requests_make_the_margin_wider(clock: list[float]) -> None:
