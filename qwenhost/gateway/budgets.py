@@ -39,8 +39,11 @@ class BudgetGuard:
         self.shared = shared
         self._spend: dict[Scope, int] = {}  # the last read, plus what this process committed since
         self._read_at: dict[Scope, float] = {}
-        self._read: dict[Scope, tuple[int, float]] = {}  # the database's value and when, for the rate
-        self._rate: dict[Scope, float] = {}  # nano-USD a second, all processes, between the last two reads
+        self._read: dict[Scope, int] = {}  # the database's value at the last read, without this process's since
+        # The rate all processes spend at, in nano-USD a second: measured from a read at least a second old, since
+        # reads close together (near a budget every admission reads) mostly see no commit in between.
+        self._rate_from: dict[Scope, tuple[int, float]] = {}
+        self._rate: dict[Scope, float] = {}
         self._largest: dict[Scope, int] = {}  # the largest amount committed at once that this process saw
         self.reads = 0
         self._lock = threading.Lock()
@@ -49,10 +52,10 @@ class BudgetGuard:
     def _on_spend(self, deltas: dict[Scope, int]) -> None:
         with self._lock:
             for k, amount in deltas.items():
-                if k in self._spend:
+                if k in self._spend:  # only the scopes a budget is checked for
                     self._spend[k] += amount
-                if amount > self._largest.get(k, 0):
-                    self._largest[k] = amount
+                    if amount > self._largest.get(k, 0):
+                        self._largest[k] = amount
 
     def _near(self, k: Scope, budget: int) -> bool:
         margin = max(budget // NEAR_FRACTION, int(self._rate.get(k, 0.0) * NEAR_INTERVALS * SHARED_SPEND_TTL_S),
@@ -64,24 +67,35 @@ class BudgetGuard:
         with self._lock:
             if k not in self._spend:
                 return None
-            spent = self._spend[k]
-            if not self.shared or spent >= budget:  # spend only grows within a month: a refusal needs no read
-                return spent
+            if not self.shared:
+                return self._spend[k]
+            if self._read[k] >= budget:
+                # Spend only grows within a month, so what the database said is final. (Not the cached value:
+                # a read that lands between a commit and the ledger telling us about it counts that commit
+                # twice until the next read.)
+                return self._read[k]
             if time.monotonic() - self._read_at[k] >= SHARED_SPEND_TTL_S or self._near(k, budget):
                 return None
-            return spent
+            return self._spend[k]
 
-    def _load(self, k: Scope) -> int:
+    def _load(self, k: Scope, budget: int) -> int:
+        if self.shared:
+            cached = self._cached(k, budget)  # another admission may have read it meanwhile
+            if cached is not None:
+                return cached
         value = self.ledger.spend(*k)
         now = time.monotonic()
         with self._lock:
             self.reads += 1
             if not self.shared:
                 return self._spend.setdefault(k, value)
-            before = self._read.get(k)
-            if before is not None and now > before[1]:
-                self._rate[k] = max(0.0, (value - before[0]) / (now - before[1]))
-            self._read[k] = (value, now)
+            start = self._rate_from.get(k)
+            if start is None:
+                self._rate_from[k] = (value, now)
+            elif now - start[1] >= SHARED_SPEND_TTL_S:
+                self._rate[k] = max(0.0, (value - start[0]) / (now - start[1]))
+                self._rate_from[k] = (value, now)
+            self._read[k] = value
             self._spend[k], self._read_at[k] = value, now
             return value
 
@@ -98,7 +112,7 @@ class BudgetGuard:
             k = (scope, ident, month)
             spent = self._cached(k, budget)
             if spent is None:  # a database read; off the event loop where other processes share the database
-                spent = await asyncio.to_thread(self._load, k) if self.shared else self._load(k)
+                spent = await asyncio.to_thread(self._load, k, budget) if self.shared else self._load(k, budget)
             if spent >= budget:
                 raise LimitExceeded(
                     f"You exceeded your current quota: the {what} has spent ${_usd(spent)} of its "

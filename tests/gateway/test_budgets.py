@@ -116,3 +116,35 @@ def test_one_process_reads_once_and_counts_its_own_spend(clock: list[float]) -> 
     assert check(guard, 1_000_000) and guard.reads == 1
     ledger.commit(10_000)
     assert not check(guard, 1_000_000) and guard.reads == 1
+
+
+def test_the_rate_survives_reads_close_together(clock: list[float]) -> None:
+    """Near a budget every admission reads, mostly milliseconds apart with no commit between: those pairs must
+    not reset the measured rate to nothing (the key would look far again for a whole second)."""
+    ledger = FakeLedger()
+    guard = BudgetGuard(ledger, shared=True)  # type: ignore[arg-type]
+    budget = 10_000_000
+    assert check(guard, budget)
+    clock[0] += 1.0
+    ledger.value = 4_000_000  # others spend 4,000,000 a second
+    assert check(guard, budget)
+    clock[0] += 0.001
+    assert check(guard, budget) and guard.reads == 3  # near (6,000,000 left <= 2 s x 4,000,000 a second)
+    clock[0] += 0.9
+    ledger.value = 10_000_000  # spent, within the second
+    assert not check(guard, budget)
+
+
+def test_a_commit_counted_twice_does_not_refuse_for_good(clock: list[float]) -> None:
+    """A read that lands between a commit and the ledger's report of it counts that commit twice in the cache;
+    only what the database said may refuse without another read."""
+    ledger = FakeLedger()
+    guard = BudgetGuard(ledger, shared=True)  # type: ignore[arg-type]
+    ledger.value = 920_000
+    assert check(guard, 1_000_000)
+    ledger.value += 40_000  # this process's commit reached the database ...
+    assert check(guard, 1_000_000)  # ... an admission read it (near: every admission reads) ...
+    for listener in ledger.listeners:  # ... and then the ledger reported it
+        listener({("key", 7, MONTH): 40_000})
+    clock[0] += 60
+    assert check(guard, 1_000_000)  # 960,000 spent, not the cache's 1,000,000
