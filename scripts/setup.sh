@@ -6,6 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-serve}"
+case "$mode" in
+  serve|test) ;;
+  *) echo "setup: unknown mode '$mode' (use: serve | test)" >&2; exit 2 ;;
+esac
 py="${PYTHON:-}"
 if [ -z "$py" ]; then
   for cand in python3.11 python3.12 python3.13 python3; do
@@ -27,5 +31,4 @@ fi
 case "$mode" in
   test) .venv/bin/qwenhost models pull qwen2.5-coder:0.5b ;;
   serve) .venv/bin/qwenhost models pull qwen2.5-coder:1.5b ;;
-  *) echo "setup: unknown mode '$mode' (use: serve | test)" >&2; exit 2 ;;
 esac

@@ -137,7 +137,9 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.get("/v1/models", dependencies=[Depends(principal)])
     async def models() -> dict:
-        ids = sorted(state.backend.aliases) if state.backend else [state.model_id]
+        # The name it was started with first (what `qwenhost chat` picks), then the other names it answers to.
+        aliases = state.backend.aliases if state.backend else set()
+        ids = [state.model_id, *sorted(a for a in aliases if a != state.model_id)]
         now = int(time.time())
         return {"object": "list", "data": [{"id": i, "object": "model", "created": now, "owned_by": "qwenhost"}
                                            for i in ids]}

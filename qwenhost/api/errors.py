@@ -58,8 +58,14 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         msg, param = _validation_message(exc)
+        ctype = request.headers.get("content-type", "")
+        main = ctype.split(";", 1)[0].strip().lower()
+        if param is None and main and main != "application/json" and not main.endswith("+json"):
+            # FastAPI did not read it as JSON at all (curl -d sends a form unless told otherwise)
+            msg = (f"send the body as JSON with the header 'Content-Type: application/json' (this request's "
+                   f"content type is {ctype!r})")
         return error_response(400, msg, param=param)
 
     @app.exception_handler(RequestError)

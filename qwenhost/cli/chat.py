@@ -62,8 +62,17 @@ def stream_chat(client: httpx.Client, url: str, model: str, history: list[dict],
     return msg
 
 
+def _model_ids(listed: httpx.Response) -> list[str]:
+    """The model ids of a GET /models answer, in its order (qwenhost lists the served model first)."""
+    try:
+        return [str(m["id"]) for m in listed.json().get("data", []) if isinstance(m, dict) and "id" in m]
+    except (ValueError, AttributeError):
+        return []
+
+
 def chat(
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model name the server knows"),
+    model: str | None = typer.Option(None, "--model", "-m",
+                                     help="Model name the server knows (default: the one it serves)"),
     url: str = typer.Option("http://127.0.0.1:8642/v1", help="Base URL of an OpenAI-compatible server"),
     system: str = typer.Option("", help="System prompt"),
     think: bool = typer.Option(None, "--think/--no-think", help="Ask Qwen3-style models to (not) reason"),
@@ -78,10 +87,17 @@ def chat(
         headers["Authorization"] = f"Bearer {os.environ['QWENHOST_API_KEY']}"
     client = httpx.Client(headers=headers)
     try:
-        client.get(f"{url}/models", timeout=5).raise_for_status()
+        listed = client.get(f"{url}/models", timeout=5)
+        listed.raise_for_status()
     except httpx.HTTPError as exc:
         console.print(f"[red]error:[/red] no server answers at {url} ({exc}); start one with `qwenhost serve`")
         raise typer.Exit(2) from exc
+    served = _model_ids(listed)
+    if model is None:
+        model = served[0] if served else DEFAULT_MODEL
+    elif served and model not in served:
+        console.print(f"[red]error:[/red] {url} does not serve {model!r}; it serves {', '.join(served)}")
+        raise typer.Exit(2)
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     extra: dict = {} if think is None else {"enable_thinking": think}
     if temperature is not None:

@@ -72,7 +72,7 @@ def serve(
                               help="Catalog alias, GGUF path, hf:ORG/REPO/FILE.gguf, or 'echo' (no model: "
                                    "replies at once, for testing what sits in front of a model)"),
     host: str = typer.Option("127.0.0.1", help="Address to bind"),
-    port: int = typer.Option(8642, help="Port to listen on"),
+    port: int = typer.Option(8642, min=1, max=65535, help="Port to listen on"),
     parallel: int = typer.Option(8, min=1, max=128, help="Most sequences decoded together"),
     ctx_size: int = typer.Option(32768, min=256, help="KV cache tokens for all sequences together"),
     threads: int = typer.Option(0, min=0, help="Compute threads (0 = physical cores)"),

@@ -58,6 +58,15 @@ def test_invalid_json_and_utf8(server):
     assert r.status_code == 400
 
 
+def test_a_form_body_is_told_to_send_json(server):
+    """curl -d without a content type sends a form: say which header is missing, not that JSON is wrong."""
+    r = post(server, content=b'{"model": "x", "messages": []}',
+             headers={"content-type": "application/x-www-form-urlencoded"})
+    message = r.json()["error"]["message"]
+    assert r.status_code == 400 and "Content-Type: application/json" in message
+    assert "application/x-www-form-urlencoded" in message
+
+
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/admin/projects"])
 def test_json_nested_too_deeply_is_400(server, path):
     for body in (b"[" * 100_000 + b"]" * 100_000,

@@ -165,7 +165,7 @@ def test_completions_endpoint(client):
 
 def test_models_health_metrics_docs(server, client):
     ids = [m.id for m in client.models.list().data]
-    assert MODEL in ids
+    assert ids[0] == MODEL and len(set(ids)) == len(ids)  # the name it was started with first
     assert httpx.get(server.base + "/health").json()["status"] == "ok"
     metrics = httpx.get(server.base + "/metrics").text
     for name in ("qwenhost_queue_depth", "qwenhost_running_sequences", "qwenhost_completion_tokens_total",

@@ -12,12 +12,12 @@ import time
 MODEL = "qwen2.5-coder:0.5b"
 
 
-def chat_proc(url: str) -> subprocess.Popen:
+def chat_proc(url: str, model: str | None = MODEL) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "TERM": "dumb"}
     # A fixed seed, so the answers do not depend on a random draw (an unseeded "OK" once failed a run). Not
     # greedy: without the default repetition penalty the small model can repeat itself until the context ends.
-    return subprocess.Popen([sys.executable, "-m", "qwenhost", "chat", "--model", MODEL, "--url", url,
-                             "--seed", "7"],
+    return subprocess.Popen([sys.executable, "-m", "qwenhost", "chat", *(["--model", model] if model else []),
+                             "--url", url, "--seed", "7"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                             text=True)
 
@@ -57,3 +57,12 @@ def test_chat_without_server_says_how_to_start_one():
     p = chat_proc("http://127.0.0.1:9/v1")
     out, _ = p.communicate("", timeout=60)
     assert p.returncode == 2 and "qwenhost serve" in out
+
+
+def test_chat_picks_the_served_model_and_refuses_another(server):
+    p = chat_proc(server.base + "/v1", model=None)
+    out, _ = p.communicate("", timeout=60)
+    assert p.returncode == 0 and f"chatting with {MODEL}" in out, out
+    p = chat_proc(server.base + "/v1", model="qwen3:8b")
+    out, _ = p.communicate("", timeout=60)
+    assert p.returncode == 2 and "does not serve 'qwen3:8b'" in " ".join(out.split()) and MODEL in out, out

@@ -38,3 +38,4 @@ def test_serve_refuses_a_bad_setting(monkeypatch: pytest.MonkeyPatch, tmp_path) 
     monkeypatch.setenv("QWENHOST_CPU_EXTRA_BUFFERS", "yes")
     result = CliRunner().invoke(app, ["serve", "--model", "echo", "--host", "256.0.0.1"])  # never binds
     assert result.exit_code == 2 and "QWENHOST_CPU_EXTRA_BUFFERS must be" in result.output
+
