@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from pathlib import Path
@@ -108,6 +109,10 @@ def serve(
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+    problem = listen_problem(host, port)
+    if problem:  # before the gateway and the model: a busy port should not cost a model load to find out
+        err.print(f"[red]error:[/red] {problem}")
+        raise typer.Exit(2)
     try:
         gateway = Gateway.from_env(serving=True)
     except (DatabaseError, ValueError) as exc:
@@ -147,6 +152,26 @@ def serve(
     threading.Thread(target=load, name="qwenhost-load", daemon=True).start()
     err.print(f"qwenhost serving {model} on http://{host}:{port}/v1 (OpenAI-compatible; docs at /docs)")
     _run(app_, gateway, host, port, log_level)
+
+
+def listen_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port (a busy port, an address not on this machine), or None."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"cannot listen on {host!r}: {exc.strerror or exc}; give --host an address of this machine"
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is already in use (another qwenhost?); stop it or pick another --port"
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def _run(app_: object, gateway: Gateway, host: str, port: int, log_level: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from typer.testing import CliRunner
 
@@ -13,3 +15,20 @@ def test_serve_refuses_a_port_out_of_range(port: str, monkeypatch: pytest.Monkey
     monkeypatch.setenv("QWENHOST_HOME", str(tmp_path))
     result = CliRunner().invoke(app, ["serve", "--model", "echo", "--port", port])
     assert result.exit_code == 2 and "--port" in result.output
+
+
+def test_serve_says_a_port_is_busy_before_loading_anything(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("QWENHOST_HOME", str(tmp_path))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--port", str(port)])  # the default model: never loaded
+    assert result.exit_code == 2 and "already in use" in result.output
+    assert not (tmp_path / "qwenhost.db").exists()  # refused before the gateway opened its database
+
+
+def test_serve_refuses_an_address_it_cannot_listen_on(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("QWENHOST_HOME", str(tmp_path))
+    result = CliRunner().invoke(app, ["serve", "--model", "echo", "--host", "256.0.0.1"])
+    assert result.exit_code == 2 and "cannot listen on" in result.output
