@@ -158,8 +158,9 @@ def listen_problem(host: str, port: int) -> str | None:
     """Why the server could not listen on host:port (a busy port, an address not on this machine), or None."""
     import socket
 
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # the family uvicorn binds with
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
         return f"cannot listen on {host!r}: {exc.strerror or exc}; give --host an address of this machine"
     family, kind, proto, _, addr = infos[0]

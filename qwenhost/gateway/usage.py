@@ -45,7 +45,7 @@ def usage_report(db: Database, *, project_id: int | None = None, since: dt.datet
     q = select(group_col, *totals) if group_col is not None else select(*totals)
     if by == "key":
         q = q.select_from(u).outerjoin(ApiKey, ApiKey.id == u.key_id)
-    elif by == "project":  # by name, as people read it (a deleted project's rows keep its id)
+    elif by == "project":  # by name, as people read it (rows whose project row is missing keep its id)
         q = q.select_from(u).outerjoin(Project, Project.id == u.project_id)
     if project_id is not None:
         q = q.where(u.project_id == project_id)
