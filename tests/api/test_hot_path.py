@@ -71,7 +71,7 @@ def test_direct_and_fallback_answers(echo_server: str) -> None:
     # Not JSON by its content type, invalid JSON, a failing body: FastAPI answers, with its messages.
     body = json.dumps({"model": ECHO_MODEL, "messages": [{"role": "user", "content": "x"}]})
     r = httpx.post(echo_server + "/v1/chat/completions", content=body, headers={"content-type": "text/plain"})
-    assert r.status_code == 400 and "JSON object" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "'Content-Type: application/json'" in r.json()["error"]["message"]
     r = httpx.post(echo_server + "/v1/chat/completions", content=body[:-1],
                    headers={"content-type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
