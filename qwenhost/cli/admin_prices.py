@@ -70,6 +70,9 @@ def prices_set(
     span = f"prompts up to {up_to:,} tokens" if up_to is not None else "prompts of any length (no upper bound)"
     Console().print(f"{escape(model)}, {span}: input {_per_m(tier.input_musd)}, cached {_per_m(tier.cached_musd)}, "
                     f"output {_per_m(tier.output_musd)} per million tokens")
+    if tier.cached_musd > tier.input_musd:  # allowed (it is the team's price book), but rarely meant
+        err.print(f"[bold yellow]warning:[/bold yellow] the cached input price ({_per_m(tier.cached_musd)}) is above "
+                  f"the input price ({_per_m(tier.input_musd)}): a prompt served from the cache will cost more")
 
 
 @prices_app.command("remove")

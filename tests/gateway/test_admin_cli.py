@@ -176,8 +176,11 @@ def test_projects_list_and_limits(cli: Run, db_url: str) -> None:
 def test_prices_set_list_remove(cli: Run, db_url: str) -> None:
     cli("prices", "set", "qwen-max", "--input", "1.2", "--output", "6", "--up-to", "32768")
     cli("prices", "set", "qwen-max", "--input", "2.4", "--output", "12", "--cached", "0.6")
-    cli("prices", "set", "qwen-plus", "--input", "0.4", "--output", "1.2")
+    assert "warning" not in cli("prices", "set", "qwen-plus", "--input", "0.4", "--output", "1.2").stderr
     cli("prices", "set", "qwen-max", "--input", "1.2", "--output", "6", "--cached", "0.24", "--up-to", "32768")
+    odd = cli("prices", "set", "odd", "--input", "1", "--output", "2", "--cached", "3")  # set, with a warning
+    assert "cached input price ($3.00) is above the input price ($1.00)" in words(odd.stderr)
+    cli("prices", "remove", "odd")
     with fresh(db_url) as gw:
         assert gw.prices.all() == {
             "qwen-max": [PriceTier(32768, 1_200_000, 240_000, 6_000_000),
