@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from qwenhost.api.hot_path import is_json_body
 from qwenhost.api.metering import AdminRequired
 from qwenhost.gateway.keys import AuthError
 from qwenhost.gateway.limits import LimitExceeded
@@ -60,12 +61,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         msg, param = _validation_message(exc)
-        ctype = request.headers.get("content-type", "")
-        main = ctype.split(";", 1)[0].strip().lower()
-        if param is None and main and main != "application/json" and not main.endswith("+json"):
+        if param is None and not is_json_body(request.scope):
             # FastAPI did not read it as JSON at all (curl -d sends a form unless told otherwise)
             msg = (f"send the body as JSON with the header 'Content-Type: application/json' (this request's "
-                   f"content type is {ctype!r})")
+                   f"content type is {request.headers.get('content-type', '')!r})")
         return error_response(400, msg, param=param)
 
     @app.exception_handler(RequestError)

@@ -26,7 +26,7 @@ Endpoint = Callable[..., Awaitable[Response]]
 HOT_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 
-def _is_json(scope: Scope) -> bool:
+def is_json_body(scope: Scope) -> bool:
     """FastAPI reads a body as JSON when there is no content type or it is application/json or +json."""
     ctype = next((v for k, v in scope["headers"] if k == b"content-type"), None)
     if ctype is None:
@@ -98,7 +98,7 @@ class HotRoutes:
 
 def _parse(scope: Scope, raw: bytes, model: type[BaseModel]) -> BaseModel | None:
     """The validated body, or None for FastAPI to answer (with its own error for what is wrong)."""
-    if not _is_json(scope):
+    if not is_json_body(scope):
         return None
     try:
         return model.model_validate(json.loads(raw))
