@@ -8,8 +8,13 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 from sqlalchemy import create_engine, text
+
+from qwenhost.gateway.db import Database
+from qwenhost.gateway.service import Gateway
+from tests.conftest import ServerProcess
 
 PG_BASE = os.environ.get("QWENHOST_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -42,9 +47,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture()
 def gateway(db_url: str):  # type: ignore[no-untyped-def]
-    from qwenhost.gateway.db import Database
-    from qwenhost.gateway.service import Gateway
-
     gw = Gateway(Database(db_url))
     yield gw
     gw.close()
@@ -79,3 +81,32 @@ def counters(request: pytest.FixtureRequest, gateway):  # type: ignore[no-untype
 def shared_counters(request: pytest.FixtureRequest, gateway):  # type: ignore[no-untyped-def]
     """The counter stores several processes share (each admission against them is a round trip)."""
     return _counters(request.param, gateway)
+
+
+# A real server on each database, for the HTTP tests (test_gateway_api.py, test_admin_api.py): one per module.
+USER = [{"role": "user", "content": "one two three"}]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+    """An echo server and a Gateway on the same database, with projects A and B, their keys and an admin."""
+    if request.param == "sqlite":
+        urls: Iterator[str] = iter([f"sqlite:///{tmp_path_factory.mktemp('gw') / 'gw.db'}"])
+    else:
+        urls = _pg_schema_url()
+    url = next(urls)
+    gw = Gateway(Database(url))
+    a, b = gw.projects.create("alpha"), gw.projects.create("beta")
+    keys = {"a": gw.keys.create(a.id).key, "b": gw.keys.create(b.id).key,
+            "admin": gw.keys.create(a.id, is_admin=True, name="ops").key}
+    gw.prices.set("echo", input_usd="1000", output_usd="1000")  # $0.001 a word, known before the server starts
+    srv = ServerProcess([], None, model="echo", env={"QWENHOST_DATABASE_URL": url})
+    yield srv, gw, keys
+    srv.stop()
+    gw.close()
+    for _ in urls:  # drop the PostgreSQL schema
+        pass
+
+
+def sdk(srv: ServerProcess, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=srv.base + "/v1", api_key=key, max_retries=0)
