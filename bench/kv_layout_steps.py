@@ -4,6 +4,7 @@ stream (ids 0, 2, 4, ...: llama.cpp then cuts one micro-batch per stream, see do
 
     .venv/bin/python bench/kv_layout_steps.py                      # 16 streams x 600 tokens, 8 timed steps
     .venv/bin/python bench/kv_layout_steps.py --streams 8 --history 1200
+    .venv/bin/python bench/kv_layout_steps.py --layouts unified,per-sequence
 
 Each layout gets a fresh context of --ctx tokens and --slots sequence ids (as many per-sequence streams), the
 streams' prompts are computed 512 tokens at a time and interleaved with a few decode steps as in a server.
@@ -63,13 +64,21 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=32, help="sequence ids (per-sequence: streams of ctx/slots)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--layouts", default="unified,per-sequence,gapped",
+                    help="which to time, comma-separated: unified, per-sequence, gapped")
     a = ap.parse_args()
+    wanted = {x.strip() for x in a.layouts.split(",") if x.strip()}
+    if not wanted or wanted - {"unified", "per-sequence", "gapped"}:
+        ap.error("--layouts takes unified, per-sequence and/or gapped")
     if 2 * a.streams > a.slots:
         ap.error("--slots must be at least twice --streams (the gapped layout uses every other id)")
     packed, gapped = list(range(a.streams)), list(range(0, 2 * a.streams, 2))
     print(f"{a.streams} streams x {a.history} tokens, ctx {a.ctx}, {a.slots} sequence ids, {a.threads} threads")
-    for name, ids, unified in (("unified", packed, True), ("per-sequence, ids 0..n-1", packed, False),
-                               ("per-sequence, every other id", gapped, False)):
+    for key, name, ids, unified in (("unified", "unified", packed, True),
+                                    ("per-sequence", "per-sequence, ids 0..n-1", packed, False),
+                                    ("gapped", "per-sequence, every other id", gapped, False)):
+        if key not in wanted:
+            continue
         dt = time_layout(a.model, a.ctx, a.slots, ids, a.history, a.steps, a.threads, unified)
         print(f"  {name:30s} {dt:.3f} s/step  {a.streams / dt:.1f} tok/s")
 

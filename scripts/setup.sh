@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up qwenhost in ./.venv from the project's own files: Python deps (llama-cpp-python is built from
-# source, ~5-10 min on 2 cores the first time; pip caches the wheel after that) and the model weights.
+# Set up qwenhost in ./.venv from the project's own files: Python deps (llama-cpp-python is built from its
+# sdist with the patches in scripts/llama-cpp-patches/, ~5-10 min on 2 cores, once per venv) and the model weights.
 #   scripts/setup.sh          -> installs, then fetches the default model (qwen2.5-coder:1.5b)
 #   scripts/setup.sh test     -> installs with test extras, then fetches the small test model
 set -euo pipefail
@@ -24,10 +24,31 @@ fi
 export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}"
 extras=""
 [ "$mode" = "test" ] && extras="[test]"
-if ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
-  echo "setup: building llama-cpp-python from source (one time, several minutes)..." >&2
+pip_q=(.venv/bin/pip --quiet --disable-pip-version-check)
+# llama-cpp-python comes from its hash-pinned sdist, with qwenhost's patches to the llama.cpp it vendors
+# (scripts/llama-cpp-patches/; why: docs/engine.md). The marker names the sdist and the patches it was built with,
+# so a changed patch rebuilds it and an unchanged one is never rebuilt.
+lcp_version=0.3.36
+lcp_sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+patches_id=$(cat scripts/llama-cpp-patches/*.patch | sha256sum | cut -c1-16)
+marker=".venv/llama-cpp-python-$lcp_version-$patches_id.built"
+if [ ! -f "$marker" ]; then
+  command -v patch >/dev/null || { echo "setup: the 'patch' program is required (Debian/Ubuntu: apt install patch)" >&2; exit 2; }
+  echo "setup: building llama-cpp-python $lcp_version from source with qwenhost's patches (one time, several minutes)..." >&2
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  echo "llama-cpp-python==$lcp_version --hash=sha256:$lcp_sha256" > "$work/requirements.txt"
+  "${pip_q[@]}" download --no-deps --no-binary :all: --require-hashes -r "$work/requirements.txt" -d "$work"
+  tar -xzf "$work/llama_cpp_python-$lcp_version.tar.gz" -C "$work"
+  for p in scripts/llama-cpp-patches/*.patch; do
+    patch --quiet --forward -p1 -d "$work/llama_cpp_python-$lcp_version" < "$p" \
+      || { echo "setup: $p does not apply to llama-cpp-python $lcp_version" >&2; exit 1; }
+  done
+  "${pip_q[@]}" install --force-reinstall --no-deps "$work/llama_cpp_python-$lcp_version"
+  rm -f .venv/llama-cpp-python-*.built
+  touch "$marker"
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -e ".${extras}"
+"${pip_q[@]}" install -e ".${extras}"
 case "$mode" in
   test) .venv/bin/qwenhost models pull qwen2.5-coder:0.5b ;;
   serve) .venv/bin/qwenhost models pull qwen2.5-coder:1.5b ;;
