@@ -7,7 +7,8 @@ same thing (qwenhost's patches to llama.cpp must not change a single logit; docs
 
 16 streams with prompts of 40-595 tokens are prefilled one by one (so their cells interleave in a unified pool),
 decoded together greedily for --steps steps, then one step mixes 15 decode rows with a 40-token prompt chunk
-(the row-by-row flash-attention kernel). Prints the digest and the greedy tokens' own digest.
+(the row-by-row flash-attention kernel), then one sequence decodes alone for 4 steps (the split-KV path). Prints
+the digest and the greedy tokens' own digest.
 """
 
 from __future__ import annotations
@@ -53,8 +54,22 @@ def digest(model: Path, unified: bool, steps: int, threads: int) -> tuple[str, s
         rows.append(b.add(prompts[15][:40], pos[15], 15, True))
         if r.decode() != 0:
             raise RuntimeError("llama_decode failed")
+        for s, i in enumerate(rows[:15]):
+            pos[s] += 1
+            last[s] = int(np.argmax(r.logits(i)))
         for i in rows:
             h.update(r.logits(i).tobytes())
+        # one sequence alone: one query row over 512+ cells takes the kernel's split-KV path (threads share the
+        # cells and merge partial results)
+        for _ in range(4):
+            b.clear()
+            i = b.add([last[3]], pos[3], 3, True)
+            pos[3] += 1
+            if r.decode() != 0:
+                raise RuntimeError("llama_decode failed")
+            logits = r.logits(i)
+            h.update(logits.tobytes())
+            last[3] = int(np.argmax(logits))
         return h.hexdigest(), tokens.hexdigest()
     finally:
         r.close()

@@ -30,7 +30,9 @@ pip_q=(.venv/bin/pip --quiet --disable-pip-version-check)
 # so a changed patch rebuilds it and an unchanged one is never rebuilt.
 lcp_version=0.3.36
 lcp_sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-patches_id=$(cat scripts/llama-cpp-patches/*.patch | sha256sum | cut -c1-16)
+# the patches apply, and are hashed, in byte order of their names (as the test computes it)
+mapfile -t patches < <(printf '%s\n' scripts/llama-cpp-patches/*.patch | LC_ALL=C sort)
+patches_id=$(cat "${patches[@]}" | sha256sum | cut -c1-16)
 marker=".venv/llama-cpp-python-$lcp_version-$patches_id.built"
 if [ ! -f "$marker" ]; then
   command -v patch >/dev/null || { echo "setup: the 'patch' program is required (Debian/Ubuntu: apt install patch)" >&2; exit 2; }
@@ -38,13 +40,16 @@ if [ ! -f "$marker" ]; then
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   echo "llama-cpp-python==$lcp_version --hash=sha256:$lcp_sha256" > "$work/requirements.txt"
-  "${pip_q[@]}" download --no-deps --no-binary :all: --require-hashes -r "$work/requirements.txt" -d "$work"
+  # only llama-cpp-python as source: its build tools (scikit-build-core, cmake, ninja) may come as wheels
+  "${pip_q[@]}" download --no-deps --no-binary llama-cpp-python --require-hashes -r "$work/requirements.txt" -d "$work"
   tar -xzf "$work/llama_cpp_python-$lcp_version.tar.gz" -C "$work"
-  for p in scripts/llama-cpp-patches/*.patch; do
-    patch --quiet --forward -p1 -d "$work/llama_cpp_python-$lcp_version" < "$p" \
+  for p in "${patches[@]}"; do
+    # no fuzz, no questions: a patch that does not apply exactly stops setup
+    patch --quiet --batch --forward --fuzz=0 -p1 -d "$work/llama_cpp_python-$lcp_version" < "$p" \
       || { echo "setup: $p does not apply to llama-cpp-python $lcp_version" >&2; exit 1; }
   done
-  "${pip_q[@]}" install --force-reinstall --no-deps "$work/llama_cpp_python-$lcp_version"
+  # --no-cache-dir: a wheel built from a temporary directory would be cached under a key never seen again
+  "${pip_q[@]}" install --no-cache-dir --force-reinstall --no-deps "$work/llama_cpp_python-$lcp_version"
   rm -f .venv/llama-cpp-python-*.built
   touch "$marker"
 fi

@@ -4,9 +4,11 @@ the tests was built with the patches as they are now (docs/engine.md, "qwenhost'
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from qwenhost.bench.peers import pinned_llama_cpp_python
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP = ROOT / "scripts" / "setup.sh"
-PATCHES = sorted((ROOT / "scripts" / "llama-cpp-patches").glob("*.patch"))
+PATCHES = sorted(p for p in (ROOT / "scripts" / "llama-cpp-patches").glob("*.patch") if not p.name.startswith("."))
 
 
 def setup_var(name: str) -> str:
@@ -47,3 +49,8 @@ def test_the_running_venv_was_built_with_the_current_patches() -> None:
     patches_id = hashlib.sha256(b"".join(p.read_bytes() for p in PATCHES)).hexdigest()[:16]
     expected = f"llama-cpp-python-{setup_var('lcp_version')}-{patches_id}.built"
     assert [m.name for m in markers] == [expected], "the patches changed: run scripts/setup.sh again"
+    # built from the patched local tree, not a wheel from an index (which has no direct_url.json)
+    direct_url = metadata.distribution("llama-cpp-python").read_text("direct_url.json") or ""
+    assert json.loads(direct_url or "{}").get("dir_info") is not None, (
+        "llama-cpp-python was reinstalled from an index, without the patches: run scripts/setup.sh again "
+        "after deleting .venv/llama-cpp-python-*.built")
