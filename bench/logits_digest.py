@@ -43,6 +43,11 @@ class Logits:
         return self.sha.hexdigest()
 
 
+def decode(r: ModelRunner) -> None:
+    if r.decode() != 0:
+        raise RuntimeError("llama_decode failed")
+
+
 def digest(model: Path, unified: bool, steps: int, threads: int, keep: bool = False) -> tuple[Logits, str]:
     r = ModelRunner(RunnerConfig(model_path=model, n_ctx=16384, n_seq_max=16, n_batch=2048, n_ubatch=512,
                                  n_threads=threads, kv_unified=unified))
@@ -53,16 +58,14 @@ def digest(model: Path, unified: bool, steps: int, threads: int, keep: bool = Fa
         for s, p in enumerate(prompts):
             b.clear()
             i = b.add(p, 0, s, True)
-            if r.decode() != 0:
-                raise RuntimeError("llama_decode failed")
+            decode(r)
             pos[s], last[s] = len(p), int(np.argmax(r.logits(i)))
         for _ in range(steps):
             b.clear()
             for s in range(16):
                 b.add([last[s]], pos[s], s, True)
                 pos[s] += 1
-            if r.decode() != 0:
-                raise RuntimeError("llama_decode failed")
+            decode(r)
             for s in range(16):
                 logits = r.logits(s)
                 h.update(logits)
@@ -71,8 +74,7 @@ def digest(model: Path, unified: bool, steps: int, threads: int, keep: bool = Fa
         b.clear()
         rows = [b.add([last[s]], pos[s], s, True) for s in range(15)]
         rows.append(b.add(prompts[15][:40], pos[15], 15, True))
-        if r.decode() != 0:
-            raise RuntimeError("llama_decode failed")
+        decode(r)
         for s, i in enumerate(rows[:15]):
             pos[s] += 1
             last[s] = int(np.argmax(r.logits(i)))
@@ -82,22 +84,21 @@ def digest(model: Path, unified: bool, steps: int, threads: int, keep: bool = Fa
         # tiled kernel (64-row query tiles) over KV tiles that are partly masked, some wholly
         b.clear()
         chunk = prompts[14][:96]
-        first = b.add(chunk, pos[7], 7, True) - (len(chunk) - 1)
-        b.logits[first + len(chunk) - 16:first + len(chunk)] = 1  # the outputs a step may have (n_seq_max)
-        if r.decode() != 0:
-            raise RuntimeError("llama_decode failed")
-        for i in range(first + len(chunk) - 16, first + len(chunk)):
+        end = b.add(chunk, pos[7], 7, True) + 1
+        tail = range(end - 16, end)  # the outputs a step may have (n_seq_max)
+        b.logits[tail.start:tail.stop] = 1
+        decode(r)
+        for i in tail:
             h.update(r.logits(i))
         pos[7] += len(chunk)
-        last[7] = int(np.argmax(r.logits(first + len(chunk) - 1)))
+        last[7] = int(np.argmax(r.logits(end - 1)))
         # one sequence alone: one query row over 512+ cells takes the kernel's split-KV path (threads share the
         # cells and merge partial results)
         for _ in range(4):
             b.clear()
             i = b.add([last[3]], pos[3], 3, True)
             pos[3] += 1
-            if r.decode() != 0:
-                raise RuntimeError("llama_decode failed")
+            decode(r)
             logits = r.logits(i)
             h.update(logits)
             last[3] = int(np.argmax(logits))
