@@ -1,6 +1,6 @@
 """A sha256 over every logit of a fixed multi-stream run, to check what two llama-cpp-python builds compute
-differently (qwenhost's patches to llama.cpp change no logit, except a gathered tiled step's by float rounding;
-docs/engine.md).
+differently (qwenhost's patches 0001 and 0002 change no logit, except a gathered tiled step's by float rounding;
+0003 changes every row-by-row step's by float rounding, with the same greedy tokens; docs/engine.md).
 
     .venv/bin/python bench/logits_digest.py                          # unified pool, the small model
     /path/to/other-venv/bin/python bench/logits_digest.py            # the same digest expected
