@@ -117,6 +117,8 @@ def main() -> None:
     ap.add_argument("--dump", type=Path, help="also save every hashed logit here (.npy), one row per output")
     ap.add_argument("--compare", type=Path, help="a --dump of another build: print the largest difference")
     a = ap.parse_args()
+    if a.compare and not a.compare.is_file():
+        ap.error(f"--compare {a.compare}: no such file (make one with --dump)")
     logits, tokens = digest(a.model, a.kv_layout == "unified", a.steps, a.threads, keep=bool(a.dump or a.compare))
     print(f"logits sha256 {logits.hexdigest()}\ntokens sha256 {tokens}")
     if logits.kept is not None:
@@ -125,6 +127,10 @@ def main() -> None:
             np.save(a.dump, rows)
         if a.compare:
             other = np.load(a.compare)
+            if other.shape != rows.shape:
+                ap.error(f"--compare {a.compare} holds {other.shape[0]} rows of {other.shape[-1]} logits, this run"
+                         f" {rows.shape[0]} of {rows.shape[1]}: dump and compare with the same --model, --steps and"
+                         " --kv-layout")
             diff = np.abs(rows - other).max(axis=1)
             print(f"rows differing {int((diff > 0).sum())} of {len(rows)}; largest |logit difference| {diff.max():.6f}"
                   f" (logits span {float(rows.max() - rows.min()):.1f}); same argmax in every row:"

@@ -72,8 +72,7 @@ def _interleaved_histories(r: ModelRunner) -> dict[int, int]:
 
 def test_a_chunk_over_an_interleaved_history_matches_the_row_kernel(runner: ModelRunner) -> None:
     pos = _interleaved_histories(runner)
-    words = WORDS
-    chunk = runner.tokenize(" ".join(words[j % 7] for j in range(200)))[:CHUNK]
+    chunk = runner.tokenize(" ".join(WORDS[j % 7] for j in range(200)))[:CHUNK]
     assert len(chunk) == CHUNK
 
     tiled = _chunk_logits(runner, chunk, 3, pos[3], CHUNK)  # one call: 96 rows, the tiled kernel
