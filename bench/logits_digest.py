@@ -1,6 +1,6 @@
 """A sha256 over every logit of a fixed multi-stream run, to check what two llama-cpp-python builds compute
-differently (qwenhost's patches 0001 and 0002 change no logit, except a gathered tiled step's by float rounding;
-0003 changes every row-by-row step's by float rounding, with the same greedy tokens; docs/engine.md).
+differently (qwenhost's patch 0001 changes no logit; 0003 changes every flash-attention step's by float rounding,
+with the same greedy tokens; docs/engine.md).
 
     .venv/bin/python bench/logits_digest.py                          # unified pool, the small model
     /path/to/other-venv/bin/python bench/logits_digest.py            # the same digest expected
@@ -9,9 +9,9 @@ differently (qwenhost's patches 0001 and 0002 change no logit, except a gathered
         .venv/bin/python bench/logits_digest.py --compare /tmp/a.npy  # which rows differ, and by how much
 
 16 streams with prompts of 40-595 tokens are prefilled one by one (so their cells interleave in a unified pool),
-decoded together greedily for --steps steps, then one step mixes 15 decode rows with a 40-token prompt chunk
-(the row-by-row flash-attention kernel), then one sequence takes a 96-token chunk over its interleaved history
-(the tiled kernel), then one sequence decodes alone for 4 steps (the split-KV path). Prints the digest and the
+decoded together greedily for --steps steps, then one step mixes 15 decode rows with a 40-token prompt chunk,
+then one sequence takes a 96-token chunk over its interleaved history (stock llama.cpp's tiled kernel; patch
+0003's row blocks), then one sequence decodes alone for 4 steps (the split-KV path). Prints the digest and the
 greedy tokens' own digest.
 """
 

@@ -25,7 +25,7 @@ class EngineMetrics:
         # Where the compute time goes: steps with only decode tokens, only prompt tokens, or both (in one
         # llama_decode, or split into a prompt call and a decode call; see Scheduler.step).
         self.step_seconds = Histogram(
-            "qwenhost_engine_step_seconds", "One scheduler step: its llama_decode calls", ["kind"],
+            "qwenhost_engine_step_seconds", "One scheduler step (one llama_decode)", ["kind"],
             buckets=_LATENCY_BUCKETS, registry=registry,
         )
         self.stream_moves = Counter(

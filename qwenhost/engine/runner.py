@@ -135,6 +135,8 @@ class RunnerConfig:
     n_batch: int = 2048
     n_ubatch: int = 512
     n_threads: int = 0  # 0 = physical cores
+    # False: attention as llama.cpp's plain matrix products and softmax, which qwenhost's flash-attention kernel
+    # (scripts/llama-cpp-patches/) does not touch (the tests' independent reference; slower, more memory)
     flash_attn: bool = True
     kv_unified: bool = True  # one KV pool for all sequences; False: a stream of n_ctx / n_seq_max per sequence
 
@@ -169,7 +171,7 @@ class ModelRunner:
         # once). Per-sequence streams (kv_unified False) cost a copy to share a prefix, but a decode row then
         # attends over its own stream only, not over every cell of the pool (docs/engine.md).
         cp.kv_unified = cfg.kv_unified
-        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_AUTO
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.no_perf = True
         ctx = L.llama_init_from_model(model, cp)
         if not ctx:
@@ -177,12 +179,6 @@ class ModelRunner:
             raise RuntimeError("llama.cpp could not create a context (try a smaller --ctx-size)")
         self.ctx = ctx
         self.n_threads = threads
-        # On the CPU backend a step's prompt chunk and its decode tokens run faster as two calls once they
-        # fill a flash-attention tile (Scheduler.step); GPU kernels have no such cliff and pay per launch.
-        # Per-sequence streams need no split: llama.cpp already puts one token of every sequence in the first
-        # micro-batch and a prompt's other tokens in micro-batches of their own, and a prompting sequence left
-        # out of that first one would cut the decode tokens around it into two passes over the weights.
-        self.split_mixed_batches = cfg.kv_unified and not L.llama_supports_gpu_offload()
         self.n_ctx = L.llama_n_ctx(ctx)
         self.n_ctx_seq = L.llama_n_ctx_seq(ctx)  # cells one sequence may use: n_ctx, or its stream's size
         self.mem = L.llama_get_memory(ctx)

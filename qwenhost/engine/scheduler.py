@@ -43,7 +43,6 @@ class SchedulerConfig:
 
 BURST_S = 1.0  # requests arriving within this long of each other count as one burst (see step)
 PREFILL_FLOOR = 8  # prompt tokens a step always takes, so a long prompt progresses however busy decoding is
-FA_TILE_ROWS = 64  # ggml's CPU flash attention runs query rows in tiles of this many once a batch has that many
 
 
 @dataclass
@@ -201,23 +200,16 @@ class Scheduler:
         if not decode and not prompt:
             return
         n_prompt = sum(len(chunk) for _, chunk, _ in prompt)
-        # One llama_decode over everything is best until the batch reaches the CPU flash-attention tile: from
-        # then on each 64-row query tile is computed against every KV cell any of its rows may see, and decode
-        # rows see cells all over a unified cache, so a tile that mixes them with a prompt chunk costs a pass
-        # over the whole cache (measured: 16 streams + 48 prompt tokens, 2.6 s as one call, 1.1 s as two).
-        if decode and prompt and self.runner.split_mixed_batches and len(decode) + n_prompt >= FA_TILE_ROWS:
-            calls = [prompt, decode]
-        else:
-            calls = [decode + prompt]
+        # One llama_decode over everything: one pass over the weights for all rows. (Stock llama.cpp's CPU flash
+        # attention made a step mixing decode rows with a prompt chunk of 64 rows or more cost a pass over the whole
+        # unified cache; qwenhost's kernel, scripts/llama-cpp-patches/0003, groups only rows that see the same cells.)
         t0 = time.perf_counter()
-        for i, part in enumerate(calls):
-            if not self._run(part):
-                return  # no room in the KV pool: memory was relieved, what was not computed is retried
-            if i == 0:
-                self.metrics.prompt_tokens.inc(n_prompt)  # every prompt chunk is in the first call
+        if not self._run(decode + prompt):
+            return  # no room in the KV pool: memory was relieved, what was not computed is retried
+        self.metrics.prompt_tokens.inc(n_prompt)
         dt = time.perf_counter() - t0
         self.costs.learn(dt, len(decode) + n_prompt, n_prompt)
-        kind = "prefill" if not decode else "decode" if not prompt else "mixed" if len(calls) == 1 else "mixed_split"
+        kind = "prefill" if not decode else "decode" if not prompt else "mixed"
         self.metrics.step_seconds.labels(kind).observe(dt)
 
     def _plan_prefill(self, n_decoding: int) -> list[tuple[Sequence, list[int], bool]]:
