@@ -49,8 +49,11 @@ def model_aliases(ref: str, path_stem: str) -> list[str]:
     return sorted(n for n in names if n)
 
 
-def parse_itl_target(value: str) -> tuple[float | None, float]:
-    """'2.8x' -> (None, 2.8): a multiple of a decode-only step; '1.0' -> (1.0, default ratio): seconds."""
+DEFAULT_ITL_TARGET = "2.6x"  # qwenhost.engine.scheduler.DEFAULT_ITL_RATIO (not imported: it loads llama.cpp)
+
+
+def parse_itl_target(value: str) -> tuple[float | None, float | None]:
+    """'2.6x' -> (None, 2.6): a multiple of a decode-only step; '1.0' -> (1.0, None): seconds."""
     v = value.strip().lower()
     try:
         if v.endswith("x"):
@@ -61,9 +64,9 @@ def parse_itl_target(value: str) -> tuple[float | None, float]:
         seconds = float(v)
         if seconds < 0.05:
             raise ValueError
-        return seconds, 2.8
+        return seconds, None
     except ValueError:
-        raise ValueError(f"--itl-target must be a multiple like 2.8x (at least 1.2x) or seconds like 1.0 "
+        raise ValueError(f"--itl-target must be a multiple like 2.6x (at least 1.2x) or seconds like 1.0 "
                          f"(at least 0.05); got {value!r}") from None
 
 
@@ -78,9 +81,9 @@ def serve(
     ctx_size: int = typer.Option(32768, min=256, help="KV cache tokens for all sequences together"),
     threads: int = typer.Option(0, min=0, help="Compute threads (0 = physical cores)"),
     prefill_chunk: int = typer.Option(512, min=16, help="Most prompt tokens computed per step"),
-    itl_target: str = typer.Option("2.8x", help="How long a step may take while streams decode: a multiple of a "
-                                               "decode-only step (2.8x) or seconds (1.0); bounds how long a long "
-                                               "prompt pauses them"),
+    itl_target: str = typer.Option(DEFAULT_ITL_TARGET, help="How long a step may take while streams decode: a "
+                                   "multiple of a decode-only step (2.6x) or seconds (1.0); bounds how long a long "
+                                   "prompt pauses them"),
     max_queue: int = typer.Option(64, min=1, help="Waiting requests before answering 429"),
     kv_layout: str = typer.Option("unified", help="KV cache layout: 'unified' (one pool; shared prefixes are "
                                                   "referenced; a request may use the whole context) or "
@@ -95,6 +98,7 @@ def serve(
     from qwenhost.api.state import ServerState
     from qwenhost.engine.engine import Engine, EngineConfig, check_kv_layout
     from qwenhost.engine.runner import extra_buffers_enabled
+    from qwenhost.engine.scheduler import DEFAULT_ITL_RATIO
     from qwenhost.engine.sources import ModelSourceError, resolve_model
     from qwenhost.gateway.db import DatabaseError
     from qwenhost.gateway.service import Gateway
@@ -139,7 +143,8 @@ def serve(
         try:
             engine = Engine(EngineConfig(model_path=path, ctx_size=ctx_size, parallel=parallel, threads=threads,
                                          prefill_chunk=prefill_chunk, max_queue=max_queue,
-                                         itl_target_s=itl_s, itl_target_ratio=itl_ratio, kv_layout=kv_layout),
+                                         itl_target_s=itl_s, itl_target_ratio=itl_ratio or DEFAULT_ITL_RATIO,
+                                         kv_layout=kv_layout),
                             registry=state.registry)
             backend = LocalBackend(engine, model_id=model, aliases=model_aliases(model, path.stem),
                                    chat_template=template_text)

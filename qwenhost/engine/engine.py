@@ -18,7 +18,7 @@ from qwenhost.engine.metrics import EngineMetrics
 from qwenhost.engine.outbox import Outbox
 from qwenhost.engine.runner import ModelRunner, RunnerConfig
 from qwenhost.engine.sampling import SamplingParams
-from qwenhost.engine.scheduler import Scheduler, SchedulerConfig
+from qwenhost.engine.scheduler import DEFAULT_ITL_RATIO, Scheduler, SchedulerConfig
 from qwenhost.engine.sequence import GenerationRequest, SeqState, Sequence, StepOutput
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class EngineConfig:
     threads: int = 0
     prefill_chunk: int = 512
     itl_target_s: float | None = None  # seconds; None = itl_target_ratio x a decode-only step
-    itl_target_ratio: float = 2.8
+    itl_target_ratio: float = DEFAULT_ITL_RATIO
     max_queue: int = 64
     n_batch: int = 2048
     n_ubatch: int = 512

@@ -32,3 +32,15 @@ def test_serve_refuses_an_address_it_cannot_listen_on(monkeypatch: pytest.Monkey
     monkeypatch.setenv("QWENHOST_HOME", str(tmp_path))
     result = CliRunner().invoke(app, ["serve", "--model", "echo", "--host", "256.0.0.1"])
     assert result.exit_code == 2 and "cannot listen on" in result.output
+
+
+def test_serve_s_default_itl_target_is_the_scheduler_s() -> None:
+    from qwenhost.cli.main import DEFAULT_ITL_TARGET, parse_itl_target
+    from qwenhost.engine.scheduler import DEFAULT_ITL_RATIO, SchedulerConfig
+
+    assert parse_itl_target(DEFAULT_ITL_TARGET) == (None, DEFAULT_ITL_RATIO)
+    assert SchedulerConfig().itl_target_ratio == DEFAULT_ITL_RATIO
+    assert parse_itl_target(" 1.5 ") == (1.5, None)
+    for bad in ("1.1x", "fast", "0.01"):
+        with pytest.raises(ValueError, match="--itl-target must be"):
+            parse_itl_target(bad)
