@@ -22,8 +22,8 @@ class EngineMetrics:
             "qwenhost_time_to_first_token_seconds", "Queue + prefill time until the first token",
             buckets=_LATENCY_BUCKETS, registry=registry,
         )
-        # Where the compute time goes: steps with only decode tokens, only prompt tokens, or both (in one
-        # llama_decode, or split into a prompt call and a decode call; see Scheduler.step).
+        # Where the compute time goes: steps with only decode tokens, only prompt tokens, or both (one
+        # llama_decode either way; see Scheduler.step).
         self.step_seconds = Histogram(
             "qwenhost_engine_step_seconds", "One scheduler step (one llama_decode)", ["kind"],
             buckets=_LATENCY_BUCKETS, registry=registry,

@@ -89,10 +89,12 @@ def _interleaved_histories(r: ModelRunner) -> dict[int, int]:
 TOLERANCE = 1.0
 
 
-def _close(a: np.ndarray, b: np.ndarray, what: object) -> None:
-    """Within TOLERANCE everywhere, and the same next token wherever `a` does not have a near-tie for it."""
+def _close(a: np.ndarray, b: np.ndarray, what: object, near_tie: float | None = 0.5) -> None:
+    """Within TOLERANCE everywhere, and the same next token in every row (near_tie None) or wherever `a`'s two best
+    tokens are more than near_tie apart (between attention paths, measured: a decode row whose two best differ by
+    0.014 flips)."""
     top2 = np.sort(a, axis=1)[:, -2:]
-    decided = top2[:, 1] - top2[:, 0] > 0.5  # (measured: a decode row whose two best differ by 0.014 flips)
+    decided = slice(None) if near_tie is None else top2[:, 1] - top2[:, 0] > near_tie
     assert (a.argmax(axis=1) == b.argmax(axis=1))[decided].all(), what
     assert np.abs(a - b).max() < TOLERANCE, (what, np.abs(a - b).max())
 
@@ -116,10 +118,9 @@ def _step(r: ModelRunner, pos: dict[int, int], chunk: list[int]) -> np.ndarray:
     """One call: a decode row for every sequence but 3, and `chunk` for sequence 3; logits, then the rows removed."""
     r.batch.clear()
     rows = [r.batch.add([2000 + s], pos[s], s, True) for s in range(N_SEQ) if s != 3]
-    if chunk:
-        last = r.batch.add(chunk, pos[3], 3, True)
-        r.batch.logits[last - 7: last + 1] = 1  # the chunk's last 8 rows (n_outputs_max is 16)
-        rows += range(last - 7, last + 1)
+    last = r.batch.add(chunk, pos[3], 3, True)
+    r.batch.logits[last - 7: last + 1] = 1  # the chunk's last 8 rows (n_outputs_max is 16)
+    rows += range(last - 7, last + 1)
     _decode(r)
     out = np.stack([r.logits(i).copy() for i in rows])
     for s in range(N_SEQ):
@@ -156,4 +157,4 @@ def test_a_decode_step_of_many_sequences_matches_each_sequence_alone(runner: Mod
         _decode(runner)
         alone.append(runner.logits(0).copy())
         runner.seq_rm(s, pos[s], -1)
-    _close(together, np.stack(alone), "decode")
+    _close(together, np.stack(alone), "decode", near_tie=None)  # the same kernel both ways: every argmax
