@@ -4,6 +4,13 @@ The grammar sampler is expensive on Qwen's ~152k vocabulary, so it is not in the
 the chain, check the one sampled token against the grammar, and only when it is rejected mask the whole
 vocabulary with the grammar and sample again (llama.cpp's own common_sampler does the same). Tokens are
 accepted explicitly, and never into a grammar that rejected them (llama.cpp aborts the process then).
+
+Logit bias and the repetition/frequency/presence penalties are not in the chain either. llama.cpp's
+penalties sampler looks every one of the ~152k candidates up in a hash map of the window's tokens
+(0.54 ms a token here, against 0.15 ms for the rest of a greedy sample), and Qwen's default
+repetition_penalty of 1.05 puts it on every request. Only the window's tokens and the biased ones can
+change, so `LogitEdits` edits those few cells of the logits row in place, with llama.cpp's arithmetic
+in float32, lets the chain (or, for greedy decoding, one argmax) read the row, and puts the cells back.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import math
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 import llama_cpp as L
@@ -66,12 +74,78 @@ def make_grammar_sampler(runner: ModelRunner, spec: GrammarSpec) -> ctypes.c_voi
     return smpl
 
 
+class LogitEdits:
+    """Logit bias, then llama.cpp's penalties over the last `penalty_last_n` accepted tokens, on a few cells.
+
+    Same order and formulas as llama.cpp's logit_bias and penalties samplers: a repeated token's logit is
+    multiplied by the repetition penalty when <= 0 and divided by it otherwise, then count * frequency +
+    presence is subtracted. `penalty_last_n` <= 0 turns the penalties off, as llama.cpp's clamp does.
+    """
+
+    def __init__(self, params: SamplingParams):
+        bias = {int(t): b for t, b in params.logit_bias.items()}
+        self.bias_ids = np.fromiter(bias.keys(), np.int64, len(bias))
+        self.bias_vals = np.fromiter(bias.values(), np.float32, len(bias))
+        self.window = max(int(params.penalty_last_n), 0)
+        self.repeat = np.float32(params.repetition_penalty)
+        self.freq = np.float32(params.frequency_penalty)
+        self.present = np.float32(params.presence_penalty)
+        self.penalize = self.window > 0 and not (
+            self.repeat == 1 and self.freq == 0 and self.present == 0
+        )
+        self.recent: deque[int] = deque()
+        self.counts: dict[int, int] = {}
+
+    @property
+    def empty(self) -> bool:
+        return not self.bias_ids.size and not (self.penalize and self.counts)
+
+    def accept(self, tok: int) -> None:
+        if not self.penalize:
+            return
+        counts = self.counts
+        counts[tok] = counts.get(tok, 0) + 1
+        if len(self.recent) >= self.window:
+            old = self.recent.popleft()
+            left = counts[old] - 1
+            if left:
+                counts[old] = left
+            else:
+                del counts[old]
+        self.recent.append(tok)
+
+    def apply(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Edit `row` in place; returns (cells, their old values) for `restore`."""
+        pen_ids = (np.fromiter(self.counts.keys(), np.int64, len(self.counts))
+                   if self.penalize else self.bias_ids[:0])
+        cells = np.union1d(self.bias_ids, pen_ids)
+        old = row[cells]
+        vals = old.copy()
+        if self.bias_ids.size:
+            vals[np.searchsorted(cells, self.bias_ids)] += self.bias_vals
+        if pen_ids.size:
+            at = np.searchsorted(cells, pen_ids)
+            v = vals[at]
+            v = np.where(v <= 0, v * self.repeat, v / self.repeat)
+            n = np.fromiter(self.counts.values(), np.float32, len(self.counts))
+            v -= n * self.freq + self.present
+            vals[at] = v
+        row[cells] = vals
+        return cells, old
+
+    @staticmethod
+    def restore(row: np.ndarray, edit: tuple[np.ndarray, np.ndarray]) -> None:
+        row[edit[0]] = edit[1]
+
+
 class TokenSampler:
     """Samples the next token of one sequence from its logits row."""
 
     def __init__(self, runner: ModelRunner, params: SamplingParams, grammar: GrammarSpec | None = None):
         self.runner = runner
         self.params = params
+        self.edits = LogitEdits(params)
+        self.greedy = params.temperature <= 0
         self.chain = self._build_chain(params)
         self.grammar = make_grammar_sampler(runner, grammar) if grammar else None
         # The grammar only sees tokens after reasoning ends; the scheduler flips this.
@@ -79,18 +153,11 @@ class TokenSampler:
         self._cand: np.ndarray | None = None
         self._one = np.zeros(1, dtype=_TOKEN_DATA)
 
-    def _build_chain(self, p: SamplingParams) -> ctypes.c_void_p:
-        r = self.runner
+    @staticmethod
+    def _build_chain(p: SamplingParams) -> ctypes.c_void_p:
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         add = L.llama_sampler_chain_add
-        if p.logit_bias:
-            n = len(p.logit_bias)
-            arr = (L.llama_logit_bias * n)(*[L.llama_logit_bias(t, b) for t, b in p.logit_bias.items()])
-            add(chain, L.llama_sampler_init_logit_bias(r.n_vocab, n, arr))
-        if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
-            add(chain, L.llama_sampler_init_penalties(
-                r.n_vocab, p.penalty_last_n, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
-            ))
+        # Logit bias and penalties are applied by LogitEdits before the chain reads the row.
         if p.temperature <= 0:
             add(chain, L.llama_sampler_init_greedy())
             return chain
@@ -119,9 +186,24 @@ class TokenSampler:
         return cand, arr
 
     def sample(self, batch_index: int) -> int:
-        ctx = self.runner.ctx
+        edits = self.edits
+        if edits.empty:
+            tok = self._sample(batch_index)
+        else:
+            row = self.runner.logits(batch_index)
+            edit = edits.apply(row)
+            try:
+                tok = self._sample(batch_index)
+            finally:
+                edits.restore(row, edit)
+        edits.accept(tok)
+        return tok
+
+    def _sample(self, batch_index: int) -> int:
         if self.grammar is None or not self.grammar_enabled:
-            return int(L.llama_sampler_sample(self.chain, ctx, batch_index))  # also accepts into the chain
+            if self.greedy:  # llama.cpp's greedy sampler also takes the first maximum
+                return int(np.argmax(self.runner.logits(batch_index)))
+            return int(L.llama_sampler_sample(self.chain, self.runner.ctx, batch_index))  # accepts too
         cand, arr = self._candidates(batch_index)
         L.llama_sampler_apply(self.chain, ctypes.byref(arr))
         tok = int(cand[arr.selected]["id"])
@@ -148,6 +230,7 @@ class TokenSampler:
 
     def accept_forced(self, tok: int) -> None:
         """A token the engine injected (thinking-budget close): penalties see it, the grammar does not."""
+        self.edits.accept(tok)
         L.llama_sampler_accept(self.chain, tok)
 
     def close(self) -> None:
