@@ -198,3 +198,13 @@ def test_a_step_is_one_llama_decode_over_decode_tokens_and_prompt_chunks(engine,
     # tokens; a token sampled from another row's logits would differ from the first word.
     for r, o in zip([*short, long], outs, strict=True):
         assert o[0][:12] == asyncio.run(run(engine, r))[0][:12]
+
+
+def test_the_scheduler_thread_is_named_for_the_os(engine):
+    """top -H and bench/thread_cpu.py tell the engine's compute from the server's own work by this name."""
+    from pathlib import Path
+
+    from qwenhost.engine.scheduler import ENGINE_THREAD_NAME
+
+    names = [(t / "comm").read_text().strip() for t in Path("/proc/self/task").iterdir()]
+    assert ENGINE_THREAD_NAME in names, names
