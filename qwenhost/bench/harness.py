@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from qwenhost.bench import peers as peer_procs
-from qwenhost.bench import runner, workloads
+from qwenhost.bench import repeats, runner, workloads
 from qwenhost.bench.client import ChatClient
 from qwenhost.bench.stats import RequestRecord
 from qwenhost.engine.runner import extra_buffers_enabled
@@ -45,6 +45,7 @@ class BenchOptions:
     parallel: int = 16
     seed: int = 0
     scale: float = 1.0
+    repeat: int = 1
     llama_cpp_python: str = field(default_factory=peer_procs.pinned_llama_cpp_python)
     cache_dir: Path | None = None
 
@@ -124,41 +125,45 @@ def run_ceilings(opts: BenchOptions, tools: dict[str, Path], say: Say) -> dict[s
 
 
 def run_one(peer: str, workload: str, plans: Plans, opts: BenchOptions, tools: dict[str, Path],
-            db_dir: Path, say: Say) -> dict[str, Any]:
+            db_dir: Path, say: Say, rep: int = 0) -> dict[str, Any]:
     """A fresh server for one workload: start, warm up, run, read its peak RSS, stop."""
     port = peer_procs.free_port()
     cmd = _server_command(peer, opts, tools, port)
+    # Repeats get their own log and database; a single run keeps the plain names.
+    name = f"{peer}-{workload}" + (f"-r{rep + 1}" if opts.repeat > 1 else "")
+    label = f"{peer} / {workload}" + (f" (run {rep + 1} of {opts.repeat})" if opts.repeat > 1 else "")
     # An empty gateway database of its own: no keys, so auth stays off on loopback and nothing is metered
     # into the user's ledger.
-    env = {"QWENHOST_DATABASE_URL": f"sqlite:///{db_dir / f'{peer}-{workload}.db'}", "PYTHONUNBUFFERED": "1"}
-    result: dict[str, Any] = {"server": {"command": cmd, "log": str(opts.out / "logs" / f"{peer}-{workload}.log")}}
-    say(f"{peer} / {workload}: starting server ...")
+    env = {"QWENHOST_DATABASE_URL": f"sqlite:///{db_dir / f'{name}.db'}", "PYTHONUNBUFFERED": "1"}
+    log = opts.out / "logs" / f"{name}.log"
+    result: dict[str, Any] = {"server": {"command": cmd, "log": str(log)}}
+    say(f"{label}: starting server ...")
     try:
-        with peer_procs.ServerProcess(cmd, port, opts.out / "logs" / f"{peer}-{workload}.log", env=env) as srv:
+        with peer_procs.ServerProcess(cmd, port, log, env=env) as srv:
             result["server"]["startup_s"] = round(srv.startup_s, 2)
             with ChatClient(srv.base, count_tokens=plans.count_tokens) as client:
                 runner.warm_up(client)
-                say(f"{peer} / {workload}: running ...")
+                say(f"{label}: running ...")
                 t0, cpu0 = time.perf_counter(), time.process_time()
                 metrics, raw = plans.run(workload, client)
                 # The bench process's own CPU over the run: evidence the client was not the bottleneck.
                 result["client_cpu_share"] = round((time.process_time() - cpu0) / (time.perf_counter() - t0), 4)
                 result["server"]["peak_rss_mib"] = round(srv.peak_rss_mib(), 1)
                 # The server's own counters after the run (step kinds and times, cache hits) explain its figures.
-                scrape = opts.out / "logs" / f"{peer}-{workload}.metrics.txt"
+                scrape = opts.out / "logs" / f"{name}.metrics.txt"
                 if srv.save_metrics(scrape):
                     result["server"]["metrics_file"] = str(scrape)
             result["metrics"] = metrics
             result["timelines"] = _timelines(raw, t0)
     except (RuntimeError, OSError, httpx.HTTPError, LookupError, ValueError) as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
-        say(f"{peer} / {workload}: FAILED: {exc}")
+        say(f"{label}: FAILED: {exc}")
         return result
     if workload == "chat":
         result["metrics"]["peak_rss_mib"] = result["server"]["peak_rss_mib"]
     brief = ", ".join([f"{k}={v:.3g}" for k, v in metrics.items() if isinstance(v, float)]
                       + [f"client CPU {100 * result['client_cpu_share']:.1f}% of one core"])
-    say(f"{peer} / {workload}: {brief}" + (f" ({metrics['failed']} failed: {metrics['first_error']})"
+    say(f"{label}: {brief}" + (f" ({metrics['failed']} failed: {metrics['first_error']})"
                                             if metrics["failed"] else ""))
     return result
 
@@ -187,10 +192,13 @@ def run_bench(opts: BenchOptions, say: Say = _stderr) -> dict[str, Any]:
         "runs": {},
     }
     with tempfile.TemporaryDirectory(prefix="qwenhost-bench-") as db_dir:
-        doc["runs"] = {peer: {} for peer in opts.peers}
-        # Workload by workload, the peers back to back: a comparison's two halves run minutes apart, not an hour.
-        for workload in opts.workloads:
-            for peer in opts.peers:
-                doc["runs"][peer][workload] = run_one(peer, workload, plans, opts, tools, Path(db_dir), say)
+        # Workload by workload, the peers back to back: a comparison's two halves run minutes apart, not an
+        # hour; with --repeat the peers alternate (see repeats.schedule) and the medians stand for the runs.
+        done: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for workload, rep, peer in repeats.schedule(opts.workloads, opts.peers, opts.repeat):
+            done.setdefault((peer, workload), []).append(
+                run_one(peer, workload, plans, opts, tools, Path(db_dir), say, rep))
+        doc["runs"] = {peer: {w: repeats.combine(w, done[(peer, w)]) for w in opts.workloads}
+                       for peer in opts.peers}
     doc["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return doc

@@ -182,8 +182,20 @@ def targets_table(rows: list[dict[str, Any]]) -> str:
     return _table(["target", "vs", "qwenhost", "reference", "ratio", "needed", "result"], body, "llrrrll")
 
 
+def repeats_section(doc: dict[str, Any]) -> str:
+    """Every repeat's value beside the median that the tables and targets use."""
+    from qwenhost.bench.repeats import spread_rows
+
+    rows = spread_rows(doc, [(w, k, label) for w, k, label, _ in METRICS])
+    n = doc["meta"].get("repeat", 1)
+    return (f"## Repeats\n\nEach server ran each workload {n} times, the peers alternating (ABBA). The tables above "
+            "show medians and the targets compare medians; here is every run, in the order it ran for that "
+            "server.\n\n" + _table(["workload", "metric", "server", "runs", "median"], rows, "lllrr"))
+
+
 def summary(doc: dict[str, Any], targets: list[dict[str, Any]]) -> str:
     m = doc["meta"]
+    repeat = m.get("repeat", 1)
     judged = [r for r in targets if r["counts"] and r["pass"] is not None]
     passed = sum(1 for r in judged if r["pass"])
     missing = sum(1 for r in targets if r["counts"] and r["pass"] is None)
@@ -194,7 +206,8 @@ def summary(doc: dict[str, Any], targets: list[dict[str, Any]]) -> str:
                    if run.get("metrics", {}).get("failed")]
     parts = [
         f"model `{m['model_ref']}` ({m['model_path']}); threads {m['threads']}, ctx {m['ctx_size']}, "
-        f"parallel {m['parallel']}, seed {m['seed']}, scale {m['scale']}; {m['cpus']} CPUs; started {m['started']}",
+        f"parallel {m['parallel']}, seed {m['seed']}, scale {m['scale']}; {m['cpus']} CPUs; started {m['started']}"
+        + (f"; every figure a median of {repeat} runs" if repeat > 1 else ""),
         "## Metrics\n\n" + metrics_table(doc),
         "## Ceilings (same llama.cpp sources, same threads)\n\n" + ceilings_table(doc),
         "## Time against the ceilings\n\nEach server's own work (prompt tokens it computed, tokens it generated) "
@@ -206,6 +219,8 @@ def summary(doc: dict[str, Any], targets: list[dict[str, Any]]) -> str:
         + (". Rows in parentheses are informational: the other llama-server config."
            if any(not r["counts"] for r in targets) else "."),
     ]
+    if repeat > 1:
+        parts.insert(-1, repeats_section(doc))
     if errors or failed_reqs:
         parts.append("## Problems\n\n" + "\n".join(errors + failed_reqs))
     return "\n\n".join(parts) + "\n"

@@ -88,3 +88,32 @@ def test_outputs_written(bench_run: tuple[dict, Path, str]) -> None:
         pytest.skip("matplotlib not installed: plots are skipped by design")
     for png in ("concurrency.png", "interference_itl.png"):
         assert (out / png).stat().st_size > 1000
+
+
+@pytest.mark.model
+def test_repeat_runs_each_workload_again_and_reports_medians(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "qwenhost", "bench", "--model", SMALL_MODEL, "--peers", "qwenhost", "--no-ceilings",
+           "--workloads", "single", "--scale", "0.05", "--repeat", "2", "--out", str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "(run 2 of 2)" in res.stderr
+    run = json.loads((tmp_path / "results.json").read_text())["runs"]["qwenhost"]["single"]
+    rates = [r["metrics"]["decode_tok_s"] for r in run["repeats"]]
+    assert len(rates) == 2 and all(_positive(v) for v in rates)
+    assert run["metrics"]["decode_tok_s"] == pytest.approx(sum(rates) / 2)  # two runs' median is their mean
+    assert sorted(p.name for p in (tmp_path / "logs").glob("*.log")) == ["qwenhost-single-r1.log",
+                                                                         "qwenhost-single-r2.log"]
+    assert "## Repeats" in res.stdout and "every figure a median of 2 runs" in res.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--repeat", "0"], "--repeat"),
+    (["--workloads", "single,nope"], "unknown workload nope"),
+    (["--peers", "vllm"], "unknown peer vllm"),
+])
+def test_bad_options_are_cli_errors(args: list[str], message: str, tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "qwenhost", "bench", *args, "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "results.json").exists()
