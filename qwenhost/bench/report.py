@@ -201,6 +201,9 @@ def summary(doc: dict[str, Any], targets: list[dict[str, Any]]) -> str:
     missing = sum(1 for r in targets if r["counts"] and r["pass"] is None)
     errors = [f"- {p} / {w}: {run['error']}" for p, runs in doc["runs"].items() for w, run in runs.items()
               if "error" in run]
+    errors += [f"- {p} / {w}: {len(run['repeat_errors'])} of {len(run['repeats'])} runs failed and are left out "
+               f"of the medians, e.g. {run['repeat_errors'][0]}" for p, runs in doc["runs"].items()
+               for w, run in runs.items() if run.get("repeat_errors")]
     failed_reqs = [f"- {p} / {w}: {run['metrics']['failed']} request(s) failed, e.g. {run['metrics']['first_error']}"
                    for p, runs in doc["runs"].items() for w, run in runs.items()
                    if run.get("metrics", {}).get("failed")]

@@ -85,3 +85,14 @@ def test_targets_compare_medians_and_report_lists_every_run() -> None:
     assert text.index("## Repeats") < text.index("## Targets")
     one = report.summary(_doc(1), report.evaluate_targets(_doc(1)))
     assert "## Repeats" not in one and "median of" not in one
+
+
+def test_a_failed_repeat_is_named_in_the_problems() -> None:
+    doc = _doc(3)
+    runs = [{"metrics": {"decode_tok_s": 15.0}}, {"error": "RuntimeError: server exited (code 1)"},
+            {"metrics": {"decode_tok_s": 17.0}}]
+    doc["runs"]["qwenhost"]["single"] = repeats.combine("single", runs)
+    text = report.summary(doc, report.evaluate_targets(doc))
+    assert "- qwenhost / single: 1 of 3 runs failed and are left out of the medians, e.g. RuntimeError: server " \
+           "exited (code 1)" in text
+    assert "| single | decode tok/s | qwenhost | 15 / error / 17 | 16 |" in text
