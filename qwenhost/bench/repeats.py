@@ -31,7 +31,8 @@ def schedule(workloads: Sequence[str], peers: Sequence[str], repeat: int) -> lis
     return order
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A metric's value that is a number (a bool is a flag, not a number)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -48,7 +49,7 @@ def median_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = values[0] if values else None
         elif values and all(isinstance(v, bool) for v in values):
             out[key] = all(values)
-        elif values and all(_number(v) for v in values):
+        elif values and all(is_number(v) for v in values):
             med = statistics.median(values)
             out[key] = int(med) if all(isinstance(v, int) for v in values) and med == int(med) else med
         else:
@@ -68,9 +69,9 @@ def combine(workload: str, results: list[dict[str, Any]]) -> dict[str, Any]:
         return {**results[0], "repeats": [{"error": e} for e in errors]}
     metrics = median_metrics([r["metrics"] for r in ok])
     key = PRIMARY_METRIC.get(workload)
-    scored = [r for r in ok if key and _number(r["metrics"].get(key))]
+    scored = [r for r in ok if key and is_number(r["metrics"].get(key))]
     target = metrics.get(key) if key else None
-    nearest = min(scored, key=lambda r: abs(r["metrics"][key] - target)) if scored and _number(target) else ok[0]
+    nearest = min(scored, key=lambda r: abs(r["metrics"][key] - target)) if scored and is_number(target) else ok[0]
     out = {k: v for k, v in nearest.items() if k != "metrics"}
     out["metrics"] = metrics
     out["repeats"] = [{"error": r["error"]} if "error" in r else {"metrics": r["metrics"]} for r in results]
@@ -78,21 +79,3 @@ def combine(workload: str, results: list[dict[str, Any]]) -> dict[str, Any]:
         out["repeat_errors"] = errors
     return out
 
-
-def spread_rows(doc: dict[str, Any], keys: Sequence[tuple[str, str, str]]) -> list[list[str]]:
-    """Rows of (workload, metric, peer, each repeat's value, median) for a report; ``keys`` lists
-    (workload, metric key, label)."""
-    rows = []
-    for workload, key, label in keys:
-        for peer, runs in doc.get("runs", {}).items():
-            reps = runs.get(workload, {}).get("repeats")
-            if not reps:
-                continue
-            values = [r.get("metrics", {}).get(key) for r in reps]
-            if not any(_number(v) for v in values):
-                continue
-            cells = ["error" if "error" in r else "—" if not _number(v) else f"{v:.3g}"
-                     for r, v in zip(reps, values, strict=True)]
-            med = runs[workload].get("metrics", {}).get(key)
-            rows.append([workload, label, peer, " / ".join(cells), f"{med:.3g}" if _number(med) else "—"])
-    return rows

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qwenhost.bench.repeats import is_number
+
 MAIN_PEER = "llama-server"
 LLAMA_PEERS = ("llama-server", "llama-server-kvu")
 
@@ -69,7 +71,7 @@ TARGETS: list[Target] = [
 
 def metric(doc: dict[str, Any], peer: str, workload: str, key: str) -> float | None:
     value = doc.get("runs", {}).get(peer, {}).get(workload, {}).get("metrics", {}).get(key)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return float(value) if is_number(value) else None
 
 
 def _ceiling(doc: dict[str, Any], group: str, key: str) -> float | None:
@@ -184,9 +186,15 @@ def targets_table(rows: list[dict[str, Any]]) -> str:
 
 def repeats_section(doc: dict[str, Any]) -> str:
     """Every repeat's value beside the median that the tables and targets use."""
-    from qwenhost.bench.repeats import spread_rows
-
-    rows = spread_rows(doc, [(w, k, label) for w, k, label, _ in METRICS])
+    rows = []
+    for workload, key, label, _ in METRICS:
+        for peer, runs in doc["runs"].items():
+            reps = runs.get(workload, {}).get("repeats") or []
+            values = [v if is_number(v := r.get("metrics", {}).get(key)) else None for r in reps]
+            if all(v is None for v in values):
+                continue
+            cells = ["error" if "error" in r else _fmt(v) for r, v in zip(reps, values, strict=True)]
+            rows.append([workload, label, peer, " / ".join(cells), _fmt(metric(doc, peer, workload, key))])
     n = doc["meta"].get("repeat", 1)
     return (f"## Repeats\n\nEach server ran each workload {n} times, the peers alternating (ABBA). The tables above "
             "show medians and the targets compare medians; here is every run, in the order it ran for that "
