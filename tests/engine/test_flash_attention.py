@@ -158,3 +158,62 @@ def test_a_decode_step_of_many_sequences_matches_each_sequence_alone(runner: Mod
         alone.append(runner.logits(0).copy())
         runner.seq_rm(s, pos[s], -1)
     _close(together, np.stack(alone), "decode", near_tie=None)  # the same kernel both ways: every argmax
+
+
+SHARED = 64  # a system prompt's worth of cells that sequences share in the pool (at least one 32-cell block)
+
+
+def _shared_prefix_histories(r: ModelRunner) -> dict[int, int]:
+    """N_SEQ sequences that all but one share their first SHARED cells (computed once, then referenced, as the
+    prefix cache does), each with its own history after them, one cell in N_SEQ across the pool. Sequence 5
+    has its own prefix, so the rows that share one are cut in two runs around it."""
+    r.clear()
+    shared = r.tokenize(" ".join(WORDS[j % 10] for j in range(200)))[:SHARED]
+    r.batch.clear()
+    r.batch.add(shared, 0, 0, False)
+    _decode(r)
+    for s in range(1, N_SEQ):
+        if s != 5:
+            r.copy_prefix(0, s, SHARED)
+    own = r.tokenize(" ".join(WORDS[(j * 3) % 10] for j in range(200)))[:SHARED]
+    r.batch.clear()
+    r.batch.add(own, 0, 5, False)
+    _decode(r)
+    pos = dict.fromkeys(range(N_SEQ), SHARED)
+    for step in range(STEPS // 2):
+        r.batch.clear()
+        for s in range(N_SEQ):
+            r.batch.add([1000 + 37 * s + step % 50], pos[s], s, False)
+            pos[s] += 1
+        _decode(r)
+    return pos
+
+
+def _decode_rows(r: ModelRunner, pos: dict[int, int]) -> np.ndarray:
+    r.batch.clear()
+    for s in range(N_SEQ):
+        r.batch.add([2000 + s], pos[s], s, True)
+    _decode(r)
+    out = np.stack([r.logits(s).copy() for s in range(N_SEQ)])
+    for s in range(N_SEQ):
+        r.seq_rm(s, pos[s], -1)
+    return out
+
+
+def test_decode_rows_over_a_shared_prefix_match_attention_without_flash(runner: ModelRunner,
+                                                                        plain: ModelRunner) -> None:
+    """Decode rows whose sequences share a prefix: the shared cells are scored once for all the rows, then each
+    row's own cells carry on the same softmax. A row that skipped its own cells, took another row's, or counted
+    a shared cell twice would move its logits by units."""
+    reference = _decode_rows(plain, _shared_prefix_histories(plain))
+    together = _decode_rows(runner, _shared_prefix_histories(runner))
+    _close(reference, together, "shared prefix")
+    pos = _shared_prefix_histories(runner)
+    alone = []
+    for s in range(N_SEQ):  # one row: the split-KV path, no shared scoring
+        runner.batch.clear()
+        runner.batch.add([2000 + s], pos[s], s, True)
+        _decode(runner)
+        alone.append(runner.logits(0).copy())
+        runner.seq_rm(s, pos[s], -1)
+    _close(np.stack(alone), together, "shared prefix, each row alone")
