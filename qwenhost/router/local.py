@@ -120,6 +120,8 @@ class LocalBackend:
             v = getattr(req, name)
             if v is not None:
                 setattr(p, name, v)
+        if req.repeat_last_n is not None:
+            p.penalty_last_n = self.engine.context_limit if req.repeat_last_n == -1 else req.repeat_last_n
         if req.logit_bias:
             n_vocab = self.engine.runner.n_vocab
             bias = {}

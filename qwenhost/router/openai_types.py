@@ -108,6 +108,10 @@ class SamplingFields(_Lenient):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    # llama-server's and Ollama's name: how many recent tokens the three penalties look at
+    repeat_last_n: int | None = Field(default=None, ge=-1, description="tokens the repetition, frequency and "
+                                      "presence penalties look back on: 0 turns them off, -1 means the whole "
+                                      "context (default 64)")
     seed: int | None = None
     stop: str | list[str] | None = None
     logit_bias: dict[str, float] | None = None

@@ -25,6 +25,8 @@ def post(server, body=None, *, content=None, headers=None, path="/v1/chat/comple
     ({"model": MODEL, "messages": USER, "temperature": 7}, 400, "temperature"),
     ({"model": MODEL, "messages": USER, "max_tokens": 0}, 400, "max_tokens"),
     ({"model": MODEL, "messages": USER, "n": 3}, 400, "n"),
+    ({"model": MODEL, "messages": USER, "repeat_last_n": -2}, 400, "repeat_last_n"),
+    ({"model": MODEL, "messages": USER, "repeat_last_n": "all"}, 400, "repeat_last_n"),
     ({"model": MODEL, "messages": USER, "logit_bias": {"abc": 1}}, 400, "logit_bias"),
     ({"model": MODEL, "messages": USER, "logit_bias": {"99999999": 1}}, 400, "vocabulary"),
     ({"model": MODEL, "messages": USER, "tool_choice": "required"}, 400, "tools"),

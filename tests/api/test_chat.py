@@ -157,6 +157,23 @@ def test_stop_strings_are_not_emitted(client):
     assert r.choices[0].finish_reason == "stop"
 
 
+def test_repeat_last_n_sets_the_penalties_window(client):
+    """llama-server's and Ollama's repeat_last_n: 0 turns a strong repetition penalty off (the greedy text is the
+    unpenalised one), the default window of 64 and -1 (the whole context) apply it."""
+    def say(**extra) -> str:
+        r = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Write the word cat ten times, separated by spaces."}],
+            max_tokens=24, temperature=0, extra_body=extra)
+        return r.choices[0].message.content
+
+    plain = say()
+    assert plain.lower().count("cat") >= 5
+    assert say(repetition_penalty=3.0, repeat_last_n=0) == plain
+    penalised = say(repetition_penalty=3.0)
+    assert penalised != plain
+    assert say(repetition_penalty=3.0, repeat_last_n=-1) != plain
+
+
 def test_completions_endpoint(client):
     r = client.completions.create(model=MODEL, prompt="def fibonacci(n):", max_tokens=16, temperature=0)
     assert r.choices[0].text.strip()
