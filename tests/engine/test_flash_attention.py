@@ -64,6 +64,17 @@ def _chunk_logits(r: ModelRunner, tokens: list[int], seq: int, start: int, piece
 WORDS = "river station engine letter quiet ancient distant remembered walked past".split()
 
 
+def _one_cell_each(r: ModelRunner, pos: dict[int, int], steps: int) -> dict[int, int]:
+    """`steps` calls of one token per sequence, so each sequence's cells lie one in N_SEQ across the pool."""
+    for step in range(steps):
+        r.batch.clear()
+        for s in range(N_SEQ):
+            r.batch.add([1000 + 37 * s + step % 50], pos[s], s, False)
+            pos[s] += 1
+        _decode(r)
+    return pos
+
+
 def _interleaved_histories(r: ModelRunner) -> dict[int, int]:
     """N_SEQ sequences whose histories lie one cell in N_SEQ across the pool; their next positions."""
     r.clear()
@@ -74,13 +85,7 @@ def _interleaved_histories(r: ModelRunner) -> dict[int, int]:
         r.batch.add(prompt, 0, s, False)
         _decode(r)
         pos[s] = len(prompt)
-    for step in range(STEPS):  # one cell per sequence per step
-        r.batch.clear()
-        for s in range(N_SEQ):
-            r.batch.add([1000 + 37 * s + step % 50], pos[s], s, False)
-            pos[s] += 1
-        _decode(r)
-    return pos
+    return _one_cell_each(r, pos, STEPS)
 
 
 # Float rounding through 24 layers moves logits by tenths at most (measured: 0.39 for stock llama.cpp between
@@ -139,25 +144,36 @@ def test_a_step_mixing_decode_rows_and_a_prompt_chunk_matches_attention_without_
     _close(reference, _step(runner, pos, chunk), "mixed")
 
 
+def _decode_rows(r: ModelRunner, pos: dict[int, int]) -> np.ndarray:
+    """One decode row per sequence, in one call; their logits, then the rows removed."""
+    r.batch.clear()
+    for s in range(N_SEQ):
+        r.batch.add([2000 + s], pos[s], s, True)
+    _decode(r)
+    out = np.stack([r.logits(s).copy() for s in range(N_SEQ)])
+    for s in range(N_SEQ):
+        r.seq_rm(s, pos[s], -1)
+    return out
+
+
+def _each_row_alone(r: ModelRunner, pos: dict[int, int]) -> np.ndarray:
+    """The same rows one call each (the split-KV path: threads take ranges of cells, merged after)."""
+    alone = []
+    for s in range(N_SEQ):
+        r.batch.clear()
+        r.batch.add([2000 + s], pos[s], s, True)
+        _decode(r)
+        alone.append(r.logits(0).copy())
+        r.seq_rm(s, pos[s], -1)
+    return np.stack(alone)
+
+
 def test_a_decode_step_of_many_sequences_matches_each_sequence_alone(runner: ModelRunner) -> None:
     """One row per sequence in one call (rows of different sequences in one thread chunk) against each
     sequence's row alone (the split-KV path: threads take ranges of cells, merged after)."""
     pos = _interleaved_histories(runner)
-    runner.batch.clear()
-    for s in range(N_SEQ):
-        runner.batch.add([2000 + s], pos[s], s, True)
-    _decode(runner)
-    together = np.stack([runner.logits(s).copy() for s in range(N_SEQ)])
-    for s in range(N_SEQ):
-        runner.seq_rm(s, pos[s], -1)
-    alone = []
-    for s in range(N_SEQ):
-        runner.batch.clear()
-        runner.batch.add([2000 + s], pos[s], s, True)
-        _decode(runner)
-        alone.append(runner.logits(0).copy())
-        runner.seq_rm(s, pos[s], -1)
-    _close(together, np.stack(alone), "decode", near_tie=None)  # the same kernel both ways: every argmax
+    together = _decode_rows(runner, pos)
+    _close(together, _each_row_alone(runner, pos), "decode", near_tie=None)  # the same kernel both ways
 
 
 SHARED = 64  # a system prompt's worth of cells that sequences share in the pool (at least one 32-cell block)
@@ -180,24 +196,7 @@ def _shared_prefix_histories(r: ModelRunner) -> dict[int, int]:
     r.batch.add(own, 0, 5, False)
     _decode(r)
     pos = dict.fromkeys(range(N_SEQ), SHARED)
-    for step in range(STEPS // 2):
-        r.batch.clear()
-        for s in range(N_SEQ):
-            r.batch.add([1000 + 37 * s + step % 50], pos[s], s, False)
-            pos[s] += 1
-        _decode(r)
-    return pos
-
-
-def _decode_rows(r: ModelRunner, pos: dict[int, int]) -> np.ndarray:
-    r.batch.clear()
-    for s in range(N_SEQ):
-        r.batch.add([2000 + s], pos[s], s, True)
-    _decode(r)
-    out = np.stack([r.logits(s).copy() for s in range(N_SEQ)])
-    for s in range(N_SEQ):
-        r.seq_rm(s, pos[s], -1)
-    return out
+    return _one_cell_each(r, pos, STEPS // 2)
 
 
 def test_decode_rows_over_a_shared_prefix_match_attention_without_flash(runner: ModelRunner,
@@ -208,12 +207,5 @@ def test_decode_rows_over_a_shared_prefix_match_attention_without_flash(runner: 
     reference = _decode_rows(plain, _shared_prefix_histories(plain))
     together = _decode_rows(runner, _shared_prefix_histories(runner))
     _close(reference, together, "shared prefix")
-    pos = _shared_prefix_histories(runner)
-    alone = []
-    for s in range(N_SEQ):  # one row: the split-KV path, no shared scoring
-        runner.batch.clear()
-        runner.batch.add([2000 + s], pos[s], s, True)
-        _decode(runner)
-        alone.append(runner.logits(0).copy())
-        runner.seq_rm(s, pos[s], -1)
-    _close(np.stack(alone), together, "shared prefix, each row alone")
+    alone = _each_row_alone(runner, _shared_prefix_histories(runner))  # no shared scoring
+    _close(alone, together, "shared prefix, each row alone")
