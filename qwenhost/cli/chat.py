@@ -122,6 +122,10 @@ def chat(
         except KeyboardInterrupt:
             console.print("\n[yellow](stopped)[/yellow]")
             history.pop()
+            # An interrupt inside httpx can leave its connection pool half-updated, and the next request (no
+            # timeout: answers are long) then waits forever; a loaded CI run once hung so. Start a fresh client.
+            client.close()
+            client = httpx.Client(headers=headers)
         except (RuntimeError, httpx.HTTPError) as exc:
             console.print(f"\n[red]error:[/red] {exc}")
             history.pop()
