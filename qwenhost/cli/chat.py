@@ -85,7 +85,11 @@ def chat(
     headers = {}
     if os.environ.get("QWENHOST_API_KEY"):
         headers["Authorization"] = f"Bearer {os.environ['QWENHOST_API_KEY']}"
-    client = httpx.Client(headers=headers)
+
+    def new_client() -> httpx.Client:  # at start, and again after an interrupted answer (below)
+        return httpx.Client(headers=headers)
+
+    client = new_client()
     try:
         listed = client.get(f"{url}/models", timeout=5)
         listed.raise_for_status()
@@ -125,7 +129,7 @@ def chat(
             # An interrupt inside httpx can leave its connection pool half-updated, and the next request (no
             # timeout: answers are long) then waits forever; a loaded CI run once hung so. Start a fresh client.
             client.close()
-            client = httpx.Client(headers=headers)
+            client = new_client()
         except (RuntimeError, httpx.HTTPError) as exc:
             console.print(f"\n[red]error:[/red] {exc}")
             history.pop()
