@@ -179,10 +179,10 @@ def test_a_decode_step_of_many_sequences_matches_each_sequence_alone(runner: Mod
 SHARED = 64  # a system prompt's worth of cells that sequences share in the pool (at least one 32-cell block)
 
 
-def _shared_prefix_histories(r: ModelRunner) -> dict[int, int]:
+def _shared_prefix_histories(r: ModelRunner, own_cells: int) -> dict[int, int]:
     """N_SEQ sequences that all but one share their first SHARED cells (computed once, then referenced, as the
-    prefix cache does), each with its own history after them, one cell in N_SEQ across the pool. Sequence 5
-    has its own prefix, so the rows that share one are cut in two runs around it."""
+    prefix cache does), each with `own_cells` of its own after them, one cell in N_SEQ across the pool.
+    Sequence 5 has its own prefix, so the rows that share one are cut in two runs around it."""
     r.clear()
     shared = r.tokenize(" ".join(WORDS[j % 10] for j in range(200)))[:SHARED]
     r.batch.clear()
@@ -196,16 +196,19 @@ def _shared_prefix_histories(r: ModelRunner) -> dict[int, int]:
     r.batch.add(own, 0, 5, False)
     _decode(r)
     pos = dict.fromkeys(range(N_SEQ), SHARED)
-    return _one_cell_each(r, pos, STEPS // 2)
+    return _one_cell_each(r, pos, own_cells)
 
 
-def test_decode_rows_over_a_shared_prefix_match_attention_without_flash(runner: ModelRunner,
-                                                                        plain: ModelRunner) -> None:
+# Fewer own cells than shared ones, and more: late in a conversation each row's own history outgrows the system
+# prompt, and the rows must still make one unit over the shared cells (patch 0003's join rule).
+@pytest.mark.parametrize("own_cells", [STEPS // 2, STEPS])
+def test_decode_rows_over_a_shared_prefix_match_attention_without_flash(runner: ModelRunner, plain: ModelRunner,
+                                                                        own_cells: int) -> None:
     """Decode rows whose sequences share a prefix: the shared cells are scored once for all the rows, then each
     row's own cells carry on the same softmax. A row that skipped its own cells, took another row's, or counted
     a shared cell twice would move its logits by units."""
-    reference = _decode_rows(plain, _shared_prefix_histories(plain))
-    together = _decode_rows(runner, _shared_prefix_histories(runner))
+    reference = _decode_rows(plain, _shared_prefix_histories(plain, own_cells))
+    together = _decode_rows(runner, _shared_prefix_histories(runner, own_cells))
     _close(reference, together, "shared prefix")
-    alone = _each_row_alone(runner, _shared_prefix_histories(runner))  # no shared scoring
+    alone = _each_row_alone(runner, _shared_prefix_histories(runner, own_cells))  # no shared scoring
     _close(alone, together, "shared prefix, each row alone")
