@@ -16,10 +16,13 @@ def chat_proc(url: str, model: str | None = MODEL) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "TERM": "dumb"}
     # A fixed seed, so the answers do not depend on a random draw (an unseeded "OK" once failed a run). Not
     # greedy: without the default repetition penalty the small model can repeat itself until the context ends.
+    # SIGINT at its default in the child: a test run started in the background by a shell without job control
+    # inherits SIGINT ignored, Python then installs no KeyboardInterrupt handler, and the Ctrl-C test would wait
+    # for the whole story (seen in a fresh-clone run started with `(cmd &)`).
     return subprocess.Popen([sys.executable, "-m", "qwenhost", "chat", *(["--model", model] if model else []),
                              "--url", url, "--seed", "7"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_chat_answers_and_keeps_history(server):
